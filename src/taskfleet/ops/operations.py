@@ -1,0 +1,590 @@
+"""Day-two operations on a deployed cluster: status, logs, scale, restart, smoke, down.
+
+Each operation takes an ``Inventory``, works on its hosts over SSH (``fleet``)
+with the commands from ``commands``, prints tables (or JSON) and returns the
+process exit status: 0 only when every host succeeded. A failing host never
+stops the others; each operation ends with a per-host summary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fabric import Connection
+from rich.console import Console
+from rich.table import Table
+
+from taskfleet.ops import commands as cmd
+from taskfleet.ops.fleet import (
+    HostError,
+    HostResult,
+    PrefixWriter,
+    connect,
+    explain,
+    run,
+    run_on_hosts,
+)
+from taskfleet.ops.inventory import Host, Inventory, OpsError
+
+#: How long scale/restart wait for containers to be healthy and seen by the master.
+READY_TIMEOUT = 180.0
+POLL_INTERVAL = 1.0
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# --- containers --------------------------------------------------------------------------
+
+
+@dataclass
+class Container:
+    name: str
+    role: str
+    state: str
+    health: str
+    image: str
+    tag: str
+    started_at: str
+    uptime_s: float | None
+    args: list[str] = field(default_factory=list, repr=False)
+    inventory_host: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def ready(self) -> bool:
+        """Running, and healthy when the image defines a healthcheck."""
+        return self.running and self.health in ("healthy", "-")
+
+
+def _uptime(started_at: str, running: bool, now: datetime) -> float | None:
+    if not running or not started_at or started_at.startswith("0001-"):
+        return None
+    try:
+        started = datetime.fromisoformat(started_at)
+    except ValueError:
+        return None
+    return max(0.0, (now - started).total_seconds())
+
+
+def parse_containers(inspect_json: str, now: datetime | None = None) -> list[Container]:
+    """Containers from ``docker inspect`` output (empty output → none), sorted master
+    first, then workers by index."""
+    text = inspect_json.strip()
+    if not text:
+        return []
+    now = now or datetime.now(UTC)
+    found = []
+    for item in json.loads(text):
+        cfg = item.get("Config") or {}
+        labels = cfg.get("Labels") or {}
+        state = item.get("State") or {}
+        image = str(cfg.get("Image") or "")
+        running = state.get("Status") == "running"
+        found.append(Container(
+            name=str(item.get("Name", "")).lstrip("/"),
+            role=labels.get(cmd.LABEL_ROLE, "?"),
+            state=str(state.get("Status", "?")),
+            health=str((state.get("Health") or {}).get("Status", "-")),
+            image=image,
+            tag=image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "latest",
+            started_at=str(state.get("StartedAt", "")),
+            uptime_s=_uptime(str(state.get("StartedAt", "")), running, now),
+            args=list(cfg.get("Cmd") or []),
+            inventory_host=labels.get(cmd.LABEL_INVENTORY_HOST, ""),
+        ))
+
+    def order(c: Container) -> tuple[int, int, str]:
+        index = cmd.worker_index(c.name)
+        return (0 if c.role == "master" else 1, index if index is not None else 10**6, c.name)
+
+    return sorted(found, key=order)
+
+
+def workers_of(containers: Sequence[Container]) -> list[Container]:
+    return [c for c in containers if c.role == "worker" and cmd.worker_index(c.name) is not None]
+
+
+def list_containers(conn: Connection, host: Host) -> list[Container]:
+    return parse_containers(run(conn, cmd.inspect_managed(host.sudo)))
+
+
+def _arg(args: Sequence[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def master_address(inv: Inventory, containers: Sequence[Container]) -> str:
+    """HOST:PORT the master serves on: read from the running master's own arguments
+    (the deploy's truth), else from the inventory (taskfleet_bind_ip, port)."""
+    for c in containers:
+        if c.role == "master":
+            bind = _arg(c.args, "--bind")
+            port = _arg(c.args, "--port")
+            if bind in (None, "", "0.0.0.0", "::"):  # noqa: S104 — reading, not binding
+                bind = inv.master_bind
+            return f"{bind}:{port or inv.master_port}"
+    return f"{inv.master_bind}:{inv.master_port}"
+
+
+def _last_json(text: str) -> dict[str, Any]:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            value = json.loads(line)
+            if isinstance(value, dict):
+                return value
+    raise OpsError(f"expected a JSON line from taskfleet, got: {text.strip()[-200:]!r}")
+
+
+def query_master(conn: Connection, inv: Inventory, address: str,
+                 timeout: float = 30) -> dict[str, Any]:
+    """The master's own view (``taskfleet status --json`` run inside its container)."""
+    return _last_json(run(conn, cmd.sh(cmd.master_status(inv.master.sudo, address)),
+                          timeout=timeout))
+
+
+def fresh_workers(status: Mapping[str, Any], max_age: float, host: str | None = None) -> int:
+    """Workers the master heard from within ``max_age`` seconds (on ``host`` if given)."""
+    return sum(1 for w in status.get("workers", [])
+               if (host is None or w.get("host") == host)
+               and float(w.get("last_heartbeat_age_s", 1e9)) <= max_age)
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def summary(title: str, results: Sequence[HostResult[Any]],
+            detail: Callable[[Any], str] = lambda v: "") -> int:
+    """Print the per-host summary; return 0 if every host succeeded, else 1."""
+    table = Table(title=title, title_justify="left")
+    for column in ("HOST", "RESULT", "TIME", "DETAIL"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.host, "[green]ok[/]" if r.ok else "[red]FAILED[/]", f"{r.seconds:.1f}s",
+                      detail(r.value) if r.ok else (r.error or ""))
+    out.print(table)
+    failed = [r.host for r in results if not r.ok]
+    if failed:
+        err.print(f"taskfleet: error: {len(failed)} of {len(results)} host(s) failed: "
+                  f"{', '.join(failed)} — see DETAIL above")
+        return 1
+    return 0
+
+
+def _roles(inv: Inventory, host: Host) -> list[str]:
+    roles = []
+    if host.name == inv.master.name:
+        roles.append("master")
+    if any(w.name == host.name for w in inv.workers):
+        roles.append("workers")
+    return roles
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+def collect_status(inv: Inventory) -> dict[str, Any]:
+    """Everything ``status`` shows, as the JSON document ``status --json`` prints."""
+
+    def one(conn: Connection, host: Host) -> dict[str, Any]:
+        containers = list_containers(conn, host)
+        view: dict[str, Any] = {"containers": containers}
+        if host.name == inv.master.name:
+            view["master_address"] = master_address(inv, containers)
+            try:
+                view["master"] = query_master(conn, inv, view["master_address"])
+            except Exception as exc:  # reported as the master's view error
+                view["master_error"] = explain(host, exc)
+        return view
+
+    results = run_on_hosts(inv.all, one)
+    doc: dict[str, Any] = {"inventory": inv.source, "hosts": [], "master": None,
+                           "master_error": None}
+    for host, r in zip(inv.all, results, strict=True):
+        entry: dict[str, Any] = {"host": host.name, "address": host.address,
+                                 "roles": _roles(inv, host), "ok": r.ok, "error": r.error,
+                                 "containers": [], "workers_running": 0}
+        if r.ok and r.value is not None:
+            containers = r.value["containers"]
+            entry["containers"] = [
+                {k: v for k, v in asdict(c).items() if k != "args"} for c in containers]
+            entry["workers_running"] = sum(1 for c in workers_of(containers) if c.running)
+            if "master_address" in r.value:
+                doc["master_address"] = r.value["master_address"]
+                doc["master"] = r.value.get("master")
+                doc["master_error"] = r.value.get("master_error")
+        doc["hosts"].append(entry)
+    if doc["master"] is None and doc["master_error"] is None:
+        doc["master_error"] = "master host unreachable"
+    doc["ok"] = all(h["ok"] for h in doc["hosts"]) and doc["master"] is not None
+    return doc
+
+
+def status(inv: Inventory, as_json: bool = False) -> int:
+    """Print per-host container tables and the master's view; 0 when all was gathered."""
+    doc = collect_status(inv)
+    if as_json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0 if doc["ok"] else 1
+    for h in doc["hosts"]:
+        title = (f"{h['host']} ({h['address']}, {'+'.join(h['roles'])}) — "
+                 f"{h['workers_running']} worker(s) running")
+        if not h["ok"]:
+            out.print(f"[bold]{title.split(' — ')[0]}[/]: [red]{h['error']}[/]")
+            continue
+        table = Table(title=title, title_justify="left")
+        for column in ("CONTAINER", "ROLE", "STATE", "HEALTH", "IMAGE TAG", "UPTIME"):
+            table.add_column(column)
+        for c in h["containers"]:
+            health = c["health"]
+            colour = {"healthy": "green", "unhealthy": "red", "starting": "yellow"}.get(health)
+            table.add_row(c["name"], c["role"], c["state"],
+                          f"[{colour}]{health}[/]" if colour else health, c["tag"],
+                          human_duration(c["uptime_s"]))
+        if not h["containers"]:
+            table.add_row("(no taskfleet containers)", "", "", "", "", "")
+        out.print(table)
+    master = doc["master"]
+    if master is None:
+        out.print(f"[bold]master's view[/]: [red]{doc['master_error']}[/]")
+    else:
+        workers = master.get("workers", [])
+        per_host: dict[str, int] = {}
+        for w in workers:
+            per_host[w.get("host", "?")] = per_host.get(w.get("host", "?"), 0) + 1
+        hosts_txt = ", ".join(f"{k}: {v}" for k, v in sorted(per_host.items())) or "none"
+        info = master.get("master", {})
+        out.print(f"[bold]master's view[/] ({info.get('address', doc.get('master_address'))}, "
+                  f"up {human_duration(info.get('uptime_s'))}): "
+                  f"{len(workers)} worker(s) connected ({hosts_txt})")
+        jobs = Table(title="jobs", title_justify="left")
+        for column in ("JOB", "NAME", "STATE", "PENDING", "LEASED", "DONE", "ITEMS"):
+            jobs.add_column(column)
+        for j in master.get("jobs", []):
+            chunks = j.get("chunks", {})
+            jobs.add_row(str(j.get("id", "?")), str(j.get("job", "?")), str(j.get("state", "?")),
+                         str(chunks.get("pending", 0)), str(chunks.get("leased", 0)),
+                         str(chunks.get("done", 0)),
+                         f"{j.get('items_done', 0)}/{j.get('items_total', '?')}")
+        if master.get("jobs"):
+            out.print(jobs)
+        else:
+            out.print("no jobs")
+    if not doc["ok"]:
+        failed = [h["host"] for h in doc["hosts"] if not h["ok"]]
+        what = ", ".join(failed) if failed else "the master's view"
+        err.print(f"taskfleet: error: status incomplete ({what}) — see above")
+        return 1
+    return 0
+
+
+# --- logs --------------------------------------------------------------------------------
+
+
+def logs(inv: Inventory, host: str | None = None, since: str | None = None,
+         follow: bool = False, tail: int | None = None) -> int:
+    """Print master and worker logs, each line prefixed ``<host>/<container> | ``."""
+    hosts = [inv.host(host)] if host else list(inv.all)
+    lock = threading.Lock()
+
+    def one(conn: Connection, h: Host) -> int:
+        names = [c.name for c in list_containers(conn, h)]
+        writer = PrefixWriter(f"{h.name}/", sys.stdout, lock)
+        # A pty ties the remote `docker logs --follow` to our session: it ends when we do.
+        conn.run(cmd.logs(h.sudo, names, since, follow, tail), hide=False, in_stream=False,
+                 out_stream=writer, err_stream=writer, pty=follow, timeout=None if follow else 300)
+        writer.close()
+        return len(names)
+
+    if not follow:
+        results = run_on_hosts(hosts, one)
+        failed = [r for r in results if not r.ok]
+        for r in failed:
+            err.print(f"taskfleet: error: {r.host}: {r.error}")
+        return 1 if failed else 0
+
+    # Following never ends by itself: one thread per host (all at once), and Ctrl-C ends us.
+    results: dict[str, HostResult[int]] = {}
+
+    def follow_one(h: Host) -> None:
+        results[h.name] = run_on_hosts([h], one, parallel=1)[0]
+        if not results[h.name].ok:
+            err.print(f"taskfleet: error: {h.name}: {results[h.name].error}")
+
+    threads = [threading.Thread(target=follow_one, args=(h,), daemon=True) for h in hosts]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return 130
+    return 1 if any(not r.ok for r in results.values()) else 0
+
+
+# --- scale -------------------------------------------------------------------------------
+
+
+def wait_ready(conn: Connection, host: Host, names: Sequence[str],
+               timeout: float = READY_TIMEOUT) -> list[Container]:
+    """Wait until every named container is running (and healthy if it has a healthcheck).
+
+    Raises HostError naming the laggards when ``timeout`` passes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {c.name: c for c in list_containers(conn, host)}
+        laggards = [n for n in names if n not in found or not found[n].ready]
+        if not laggards:
+            return [found[n] for n in names]
+        if time.monotonic() > deadline:
+            states = ", ".join(
+                f"{n}: {found[n].state}/{found[n].health}" if n in found else f"{n}: missing"
+                for n in laggards)
+            raise HostError(f"not ready after {timeout:.0f}s ({states}) — "
+                            f"see `make logs HOST={host.name}`")
+        time.sleep(POLL_INTERVAL)
+
+
+def scale_host(conn: Connection, host: Host, count: int,
+               timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    """Make ``host`` run exactly workers 1..count: drain and remove the ones above
+    ``count`` (SIGTERM, ``docker stop -t 30``), create missing ones as clones of the
+    lowest-numbered existing worker, start stopped ones, then wait until ready."""
+    workers = workers_of(list_containers(conn, host))
+    if not workers:
+        raise HostError(f"no taskfleet-worker container on {host.name} to copy settings from "
+                        "— run `make deploy` to create the workers first")
+    before = sum(1 for w in workers if w.running)
+    by_index = {cmd.worker_index(w.name): w for w in workers}
+    extra = sorted((w.name for i, w in by_index.items() if i is not None and i > count),
+                   key=lambda n: cmd.worker_index(n) or 0, reverse=True)
+    missing = [cmd.worker_name(i) for i in range(1, count + 1) if i not in by_index]
+    stopped = [by_index[i].name for i in range(1, count + 1)
+               if i in by_index and not by_index[i].running]
+
+    if extra:
+        run(conn, cmd.sh(cmd.stop(host.sudo, extra)), timeout=cmd.STOP_TIMEOUT + 60)
+        run(conn, cmd.sh(cmd.remove(host.sudo, extra)))
+    if missing:
+        template_name = workers[0].name
+        template = json.loads(run(conn, cmd.sh(cmd.inspect(host.sudo, [template_name]))))[0]
+        image = json.loads(run(conn, cmd.sh(
+            cmd.inspect_image(host.sudo, template["Config"]["Image"]))))[0]
+        for name in missing:
+            run(conn, cmd.sh(cmd.clone_run(template, image, name, host.sudo)))
+    if stopped:
+        run(conn, cmd.sh([*cmd.docker(host.sudo), "start", *stopped]))
+    wait_ready(conn, host, [cmd.worker_name(i) for i in range(1, count + 1)], timeout)
+    return {"before": before, "after": count, "created": missing, "removed": extra,
+            "started": stopped}
+
+
+def scale(inv: Inventory, count: int, host: str | None = None,
+          timeout: float = READY_TIMEOUT) -> int:
+    """Set the number of worker containers on every worker host (or on ``host``)."""
+    if count < 1:
+        raise OpsError(f"scale: N must be at least 1, got {count} — "
+                       "use `down` to remove every container")
+    hosts = [inv.worker(host)] if host else list(inv.workers)
+    results = run_on_hosts(hosts, lambda c, h: scale_host(c, h, count, timeout))
+    return summary(f"scale to {count} worker(s) per host", results,
+                   lambda v: f"{v['before']} → {v['after']} running"
+                   + (f", created {', '.join(v['created'])}" if v["created"] else "")
+                   + (f", drained {', '.join(v['removed'])}" if v["removed"] else ""))
+
+
+# --- restart -----------------------------------------------------------------------------
+
+
+class _MasterProbe:
+    """A long-lived connection to the master host for polling its view during a roll."""
+
+    def __init__(self, inv: Inventory) -> None:
+        self.inv = inv
+        self.conn = connect(inv.master)
+        self.address = master_address(inv, list_containers(self.conn, inv.master))
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return query_master(self.conn, self.inv, self.address, timeout=15)
+        except Exception:  # "not answering yet" is an expected state while polling
+            return None
+
+    def wait_workers(self, since: float, expected: int, host: str | None,
+                     timeout: float) -> None:
+        """Until ``expected`` workers (of ``host``) heartbeat after monotonic time ``since``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            view = self.status()
+            if view is not None:
+                seen = fresh_workers(view, time.monotonic() - since, host)
+                if seen >= expected:
+                    return
+            time.sleep(POLL_INTERVAL)
+        where = f" from {host}" if host else ""
+        raise HostError(f"the master saw {seen} of {expected} restarted worker(s){where} "
+                        f"within {timeout:.0f}s — see `make logs`")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def restart(inv: Inventory, timeout: float = READY_TIMEOUT) -> int:
+    """Rolling restart: one worker host at a time (its workers drain on SIGTERM, start
+    again, and must be healthy and seen by the master), then the master last; its
+    journal keeps every job, and the workers reconnect by themselves."""
+    try:
+        probe = _MasterProbe(inv)
+    except Exception as exc:  # turned into the one-line error below
+        raise OpsError(f"cannot reach the master on {inv.master.name}: "
+                       f"{explain(inv.master, exc)}") from exc
+    results: list[HostResult[Any]] = []
+    total_workers = 0
+    try:
+        for host in inv.workers:
+            def roll(conn: Connection, h: Host) -> dict[str, Any]:
+                names = [w.name for w in workers_of(list_containers(conn, h))]
+                if not names:
+                    raise HostError(f"no worker containers on {h.name} — run `make deploy`")
+                run(conn, cmd.sh(cmd.restart(h.sudo, names)), timeout=cmd.STOP_TIMEOUT + 90)
+                since = time.monotonic()
+                wait_ready(conn, h, names, timeout)
+                probe.wait_workers(since, len(names), h.name, timeout)
+                return {"workers": len(names)}
+            result = run_on_hosts([host], roll, parallel=1)[0]
+            if result.ok and result.value:
+                total_workers += result.value["workers"]
+            results.append(result)
+            out.print(f"{host.name}: " + ("restarted" if result.ok else f"FAILED: {result.error}"))
+
+        def roll_master(conn: Connection, h: Host) -> dict[str, Any]:
+            run(conn, cmd.sh(cmd.restart(h.sudo, [cmd.MASTER_CONTAINER])),
+                timeout=cmd.STOP_TIMEOUT + 90)
+            since = time.monotonic()
+            wait_ready(conn, h, [cmd.MASTER_CONTAINER], timeout)
+            probe.wait_workers(since, total_workers, None, timeout)
+            return {"workers": total_workers}
+
+        master_result = run_on_hosts([inv.master], roll_master, parallel=1)[0]
+        master_result.host = f"{inv.master.name} (master)"
+        results.append(master_result)
+    finally:
+        probe.close()
+    return summary("rolling restart", results,
+                   lambda v: f"{v['workers']} worker(s) back and seen by the master")
+
+
+# --- smoke -------------------------------------------------------------------------------
+
+
+def smoke(inv: Inventory, count: int = 10_000, timeout: float = 300,
+          as_json: bool = False) -> int:
+    """Run the squares smoke test inside the master container against the live cluster:
+    every number squared exactly once, and every worker host took part."""
+    if count < 1:
+        raise OpsError(f"smoke: --count must be at least 1, got {count}")
+
+    def one(conn: Connection, host: Host) -> dict[str, Any]:
+        address = master_address(inv, list_containers(conn, host))
+        argv = cmd.smoke(host.sudo, address, count, [w.name for w in inv.workers], timeout)
+        result = conn.run(cmd.sh(argv), hide=True, in_stream=False, warn=True,
+                          timeout=timeout + 30)
+        try:
+            report = _last_json(result.stdout)
+        except (OpsError, ValueError) as exc:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            raise HostError(f"smoke failed: {lines[-1] if lines else exc}") from exc
+        if not report.get("ok") or result.exited != 0:
+            raise HostError(
+                f"smoke failed: verified {report.get('verified')}/{report.get('count')}, "
+                f"missing {report.get('missing')}, wrong {report.get('wrong')}, "
+                f"duplicates {report.get('duplicates')}, hosts {sorted(report.get('hosts', {}))}")
+        return report
+
+    result = run_on_hosts([inv.master], one, parallel=1)[0]
+    if as_json:
+        print(json.dumps({"ok": result.ok, "error": result.error, "report": result.value},
+                         sort_keys=True))
+        return 0 if result.ok else 1
+    if result.ok and result.value:
+        r = result.value
+        table = Table(title=f"smoke: {r.get('verified')}/{r.get('count')} squares verified in "
+                      f"{r.get('seconds', 0):.1f}s ({r.get('items_per_s', 0):,.0f} items/s)",
+                      title_justify="left")
+        table.add_column("HOST")
+        table.add_column("ITEMS", justify="right")
+        for name, items in sorted((r.get("hosts") or {}).items()):
+            table.add_row(name, str(items))
+        out.print(table)
+    return summary("smoke", [result], lambda v: "every square right, every worker host took part")
+
+
+# --- down --------------------------------------------------------------------------------
+
+
+def down_host(conn: Connection, host: Host, purge: bool) -> dict[str, Any]:
+    """Stop (SIGTERM, drain) and remove every taskfleet container on ``host``; with
+    ``purge`` also the journal volume(s) and the host's authkey file."""
+    containers = list_containers(conn, host)
+    names = [c.name for c in containers]
+    journal_volumes: list[str] = []
+    if purge and names:
+        for item in json.loads(run(conn, cmd.sh(cmd.inspect(host.sudo, names)))):
+            for mount in item.get("Mounts") or []:
+                if mount.get("Type") == "volume" and mount.get("Destination") == cmd.JOURNAL_DIR:
+                    journal_volumes.append(str(mount["Name"]))
+    if names:
+        running = [c.name for c in containers if c.running]
+        if running:
+            run(conn, cmd.sh(cmd.stop(host.sudo, running)), timeout=cmd.STOP_TIMEOUT + 60)
+        run(conn, cmd.sh(cmd.remove(host.sudo, names)))
+    volumes: list[str] = []
+    if purge:
+        labelled = run(conn, cmd.sh(cmd.list_managed_volumes(host.sudo))).split()
+        volumes = sorted(set(labelled) | set(journal_volumes))
+        if volumes:
+            run(conn, cmd.sh(cmd.remove_volumes(host.sudo, volumes)))
+        run(conn, cmd.remove_authkey(host.sudo))
+    return {"containers": names, "volumes": volumes}
+
+
+def down(inv: Inventory, purge: bool = False) -> int:
+    """Remove taskfleet containers on every host (``purge``: also journals and authkeys)."""
+    results = run_on_hosts(inv.all, lambda c, h: down_host(c, h, purge))
+    code = summary("down" + (" --purge" if purge else ""), results,
+                   lambda v: f"removed {len(v['containers'])} container(s)"
+                   + (f", {len(v['volumes'])} volume(s), the authkey" if purge else ""))
+    if purge and code == 0:
+        out.print(f"note: the control node's authkey (under {inv.source}/secrets/) was kept; "
+                  "delete it to get a new key on the next deploy")
+    return code
