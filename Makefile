@@ -130,4 +130,44 @@ demo: ## The whole thing on one computer: images, lab, deploy, smoke, summary.
 
 ##@ Operations (Fabric)
 
-# (targets: status, logs, scale, restart, fab-smoke, down — see the Fabric section)
+# Print status as JSON instead of tables (JSON=1).
+JSON ?=
+# logs: only this inventory host (HOST=worker1); scale: only this worker host.
+HOST ?=
+# logs: only lines since this time (SINCE=10m); FOLLOW=1 keeps streaming until Ctrl-C.
+SINCE ?=
+FOLLOW ?=
+# scale: worker containers per worker host (make scale N=4).
+N ?=
+# fab-smoke: how many numbers to square.
+COUNT ?= 10000
+# down: PURGE=1 also removes the journal volume and the hosts' authkey files.
+PURGE ?=
+
+FAB := $(BIN)/fab -r deploy
+FAB_INV := --inventory $(INVENTORY_DIR)
+
+.PHONY: status
+status: venv ## Containers, health, image tag and uptime per host, plus the master's view (JSON=1).
+	$(FAB) status $(FAB_INV) $(if $(JSON),--json)
+
+.PHONY: logs
+logs: venv ## Master and worker logs prefixed by host/container (HOST=, SINCE=10m, FOLLOW=1).
+	$(FAB) logs $(FAB_INV) $(if $(HOST),--host $(HOST)) $(if $(SINCE),--since $(SINCE)) $(if $(FOLLOW),--follow)
+
+.PHONY: scale
+scale: venv ## Set workers per worker host: make scale N=4 [HOST=worker1]; removed workers drain.
+	@[ -n "$(N)" ] || { echo "make: scale needs N, e.g. make scale N=4" >&2; exit 2; }
+	$(FAB) scale $(N) $(FAB_INV) $(if $(HOST),--host $(HOST))
+
+.PHONY: restart
+restart: venv ## Rolling restart: one worker host at a time, the master last (jobs kept).
+	$(FAB) restart $(FAB_INV)
+
+.PHONY: fab-smoke
+fab-smoke: venv ## The squares smoke test via Fabric on the running cluster (COUNT=10000).
+	$(FAB) smoke $(FAB_INV) --count $(COUNT)
+
+.PHONY: down
+down: venv ## Remove taskfleet containers on every host (PURGE=1: also journal and authkeys).
+	$(FAB) down $(FAB_INV) $(if $(PURGE),--purge)
