@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from taskfleet.ops.fleet import PrefixWriter
 from taskfleet.ops.inventory import Host, Inventory
@@ -122,3 +126,68 @@ def test_fabfile_tasks_all_have_help_for_every_option() -> None:
         params = [p for p in task.body.__code__.co_varnames[1:task.body.__code__.co_argcount]]
         assert task.__doc__, name
         assert sorted(task.help) == sorted(params), name
+
+
+# --- the fab command line: bad input is one line and changes nothing ----------------------
+
+REPO = Path(__file__).resolve().parents[2]
+FAB = Path(sys.executable).parent / "fab"
+
+
+@pytest.fixture
+def tiny_inventory(tmp_path: Path) -> Path:
+    """An inventory whose hosts do not exist: only input checked before any SSH is used."""
+    key = tmp_path / "key"
+    key.write_text("x\n")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    inv = tmp_path / "inv"
+    inv.mkdir()
+    ssh = (f"ansible_user: deploy\n          ansible_ssh_private_key_file: {key}\n"
+           f"          ansible_ssh_common_args: -o UserKnownHostsFile={known}\n")
+    (inv / "hosts.yml").write_text(
+        "all:\n  children:\n"
+        "    taskfleet_master:\n      hosts:\n        master:\n"
+        f"          ansible_host: 192.0.2.10\n          {ssh}"
+        "    taskfleet_workers:\n      hosts:\n        worker1:\n"
+        f"          ansible_host: 192.0.2.11\n          {ssh}")
+    return inv
+
+
+def fab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(FAB), "-r", str(REPO / "deploy"), *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+needs_fab = pytest.mark.skipif(not FAB.exists(), reason="fab not installed in this venv")
+
+
+@needs_fab
+@pytest.mark.parametrize(("args", "message"), [
+    (["scale", "0"], "taskfleet: error: scale: N must be at least 1, got 0 — use `down` to "
+                     "remove every container"),
+    (["scale", "two"], "taskfleet: error: N must be an integer, got 'two'"),
+    (["scale", "2", "--host", "master"], "taskfleet: error: 'master' is not a worker host — "
+                                         "worker hosts: worker1"),
+    (["logs", "--host", "nope"], "taskfleet: error: unknown host 'nope' — valid hosts: master, "
+                                 "worker1"),
+    (["smoke", "--count", "0"], "taskfleet: error: smoke: --count must be at least 1, got 0"),
+])
+def test_bad_input_is_one_line_and_nothing_is_contacted(
+        tiny_inventory: Path, args: list[str], message: str) -> None:
+    # 192.0.2.0/24 is TEST-NET-1: were SSH attempted, the run would fail differently.
+    result = fab(*args, "--inventory", str(tiny_inventory))
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert result.stdout == ""
+
+
+@needs_fab
+def test_a_broken_inventory_is_reported_with_its_problems(tmp_path: Path) -> None:
+    (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    lonely:\n")
+    result = fab("status", "--inventory", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"taskfleet: error: inventory {tmp_path} is not usable — fix these:",
+        "  taskfleet_master: needs exactly one host, found 0",
+        "  taskfleet_workers: needs at least one host, found 0"]
