@@ -15,8 +15,8 @@ def test_docker_goes_through_passwordless_sudo_unless_root() -> None:
 
 def test_inspect_managed_lists_only_labelled_containers() -> None:
     assert cmd.inspect_managed(True) == (
-        "sudo -n docker ps -aq --filter label=io.taskfleet.managed=true"
-        " | xargs -r sudo -n docker inspect")
+        "ids=$(sudo -n docker ps -aq --filter label=io.taskfleet.managed=true)"
+        ' && { [ -z "$ids" ] || sudo -n docker inspect $ids; }')
 
 
 def test_master_status_names_the_authkey_by_its_path_in_the_container() -> None:

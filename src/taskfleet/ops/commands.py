@@ -53,9 +53,14 @@ def worker_index(name: str) -> int | None:
 
 
 def inspect_managed(sudo: bool) -> str:
-    """Inspect JSON of every taskfleet container on the host (``[]``-free: empty output)."""
+    """Inspect JSON of every taskfleet container on the host (no container: no output).
+
+    Not a pipe into xargs: a failing ``docker ps`` (no engine, no sudo) must fail the
+    command, and POSIX sh has no pipefail.
+    """
     d = sh(docker(sudo))
-    return f"{d} ps -aq --filter label={LABEL_MANAGED} | xargs -r {d} inspect"
+    return (f"ids=$({d} ps -aq --filter label={LABEL_MANAGED}) && "
+            f'{{ [ -z "$ids" ] || {d} inspect $ids; }}')
 
 
 def inspect(sudo: bool, names: Sequence[str]) -> list[str]:

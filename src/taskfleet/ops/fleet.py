@@ -101,6 +101,11 @@ def explain(host: Host, exc: BaseException) -> str:
         if "a password is required" in last:
             return (f"sudo on {host.name} asks for a password — the deploy user needs "
                     "passwordless sudo (NOPASSWD)")
+        if "docker: command not found" in last or "docker: not found" in last:
+            return f"Docker is not installed on {host.name} — run `make deploy` first"
+        if "Cannot connect to the Docker daemon" in last:
+            return (f"the Docker engine on {host.name} is not running — "
+                    "start it or re-run the deploy")
         return f"`{result.command}` failed (exit {result.exited}): {last}"
     if isinstance(exc, OpsError):
         return str(exc)

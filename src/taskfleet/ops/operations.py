@@ -243,7 +243,7 @@ def collect_status(inv: Inventory) -> dict[str, Any]:
                 doc["master_error"] = r.value.get("master_error")
         doc["hosts"].append(entry)
     if doc["master"] is None and doc["master_error"] is None:
-        doc["master_error"] = "master host unreachable"
+        doc["master_error"] = "the master host failed (see above)"
     doc["ok"] = all(h["ok"] for h in doc["hosts"]) and doc["master"] is not None
     return doc
 
@@ -252,7 +252,7 @@ def status(inv: Inventory, as_json: bool = False) -> int:
     """Print per-host container tables and the master's view; 0 when all was gathered."""
     doc = collect_status(inv)
     if as_json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False))
         return 0 if doc["ok"] else 1
     for h in doc["hosts"]:
         title = (f"{h['host']} ({h['address']}, {'+'.join(h['roles'])}) — "
