@@ -15,6 +15,8 @@ VENV ?= .venv
 BASE_IMAGE ?=
 # Number of simulated worker hosts in the lab.
 LAB_WORKERS ?= 3
+# Non-empty: `make lab-down` also removes the lab's apt cache volume.
+PURGE ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k lease -x").
 PYTEST_ARGS ?=
 # Extra arguments for ansible-playbook (e.g. ANSIBLE_ARGS="--check --diff").
@@ -101,8 +103,8 @@ lab: docker-check venv ## Start the simulated machines and write inventory/local
 	LAB_WORKERS=$(LAB_WORKERS) $(BIN)/python -m taskfleet.ops.lab up
 
 .PHONY: lab-down
-lab-down: venv ## Remove every lab container, volume and network.
-	$(BIN)/python -m taskfleet.ops.lab down
+lab-down: venv ## Remove every lab container, volume and network (the apt cache volume stays; PURGE=1 removes it too).
+	$(BIN)/python -m taskfleet.ops.lab down $(if $(PURGE),--purge)
 
 .PHONY: lab-status
 lab-status: venv ## Show the lab's hosts and their state.

@@ -35,6 +35,8 @@ to do>`` and exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import io
 import ipaddress
@@ -48,7 +50,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -597,6 +599,19 @@ def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 # --------------------------------------------------------------------------- up / down / status
 
 
+@contextlib.contextmanager
+def _locked(cfg: LabConfig) -> Iterator[None]:
+    """One ``up``/``down`` at a time per lab (a test session and a `make lab` may race)."""
+    cfg.state_root.mkdir(parents=True, exist_ok=True)
+    with open(cfg.state_root / f".{cfg.name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log(f"   waiting for another up/down of lab {cfg.name} to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 @dataclass
 class LabInfo:
     """What ``up`` made: enough for tests and tools to reach every host."""
@@ -666,8 +681,16 @@ def _start_host(
 
 
 def up(cfg: LabConfig | None = None, log: Log = _log) -> LabInfo:
-    """Bring the lab to ``cfg`` (idempotent) and wait until every sshd answers."""
+    """Bring the lab to ``cfg`` (idempotent) and wait until every sshd answers.
+
+    Raises LabError (engine down, subnet taken, a host that does not come up).
+    """
     cfg = cfg or LabConfig.from_env()
+    with _locked(cfg):
+        return _up(cfg, log)
+
+
+def _up(cfg: LabConfig, log: Log) -> LabInfo:
     started = time.monotonic()
     client = connect()
     log(
@@ -740,24 +763,29 @@ def down(
     The apt cache's volume stays (the next lab's installs are then fast) unless ``purge``.
     """
     cfg = cfg or LabConfig.from_env()
+    with _locked(cfg):
+        return _down(cfg, purge, log)
+
+
+def _down(cfg: LabConfig, purge: bool, log: Log) -> dict[str, list[str]]:
     client = connect()
     selector = {"label": [f"{LABEL_LAB}={cfg.name}"]}
     removed: dict[str, list[str]] = {"containers": [], "volumes": [], "networks": []}
     for box in client.containers.list(all=True, filters=selector):
         box.remove(force=True)
         removed["containers"].append(box.name)
+        log(f"   container {box.name}: removed")
     for vol in client.volumes.list(filters=selector):
         if vol.attrs.get("Labels", {}).get(LABEL_ROLE) == ROLE_APTCACHE_VOLUME and not purge:
-            log(f"   volume {vol.name}: kept (apt cache; `down --purge` removes it)")
+            log(f"   volume {vol.name}: kept (the apt cache; `down --purge` removes it)")
             continue
         vol.remove(force=True)
         removed["volumes"].append(vol.name)
+        log(f"   volume {vol.name}: removed")
     for net in client.networks.list(filters=selector):
         net.remove()
         removed["networks"].append(net.name)
-    for kind, names in removed.items():
-        for name in names:
-            log(f"   {kind[:-1]} {name}: removed")
+        log(f"   network {net.name}: removed")
     # Generated files describe machines that no longer exist.
     cfg.hosts_file.unlink(missing_ok=True)
     shutil.rmtree(cfg.state_dir, ignore_errors=True)
