@@ -1,0 +1,429 @@
+"""``taskfleet`` — the command line (see docs/interfaces.md for the contract).
+
+Every failure is one line on stderr, ``taskfleet: error: <what> — <fix>``,
+and a non-zero exit; exit 0 only on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from taskfleet import DEFAULT_CHUNK_SIZE, DEFAULT_PORT, __version__, authkey, log
+from taskfleet.address import format_hostport, parse_hostport, parse_port
+from taskfleet.errors import TaskfleetError, UsageError
+
+ENV_MASTER = "TASKFLEET_MASTER"
+ENV_AUTHKEY = "TASKFLEET_AUTHKEY_FILE"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one TaskfleetError line instead of usage + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, f"see '{self.prog} --help'")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+# -- shared option helpers ----------------------------------------------------------
+
+
+def _add_master_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--master", metavar="HOST:PORT", default=os.environ.get(ENV_MASTER),
+                   help=f"the master's address (env {ENV_MASTER})")
+    _add_authkey_opt(p)
+
+
+def _add_authkey_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--authkey-file", metavar="PATH", default=os.environ.get(ENV_AUTHKEY),
+                   help=f"file holding the cluster's authkey (env {ENV_AUTHKEY})")
+
+
+def _add_client_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="S",
+                   help="give up when the master does not answer within S seconds (default 10)")
+
+
+def _master_address(args: argparse.Namespace) -> tuple[str, int]:
+    if not args.master:
+        raise UsageError("no master address given", f"pass --master HOST:PORT or set {ENV_MASTER}")
+    return parse_hostport(args.master)
+
+
+def _key(args: argparse.Namespace) -> bytes:
+    return authkey.load(args.authkey_file or "")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from taskfleet.client import Client
+
+    address = _master_address(args)
+    return Client(address, _key(args), connect_timeout=args.connect_timeout)
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    authkey.keygen(args.path, force=args.force)
+    print(f"wrote a new authkey to {args.path} (mode 0600); copy it to every host of the cluster",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_master(args: argparse.Namespace) -> int:
+    from taskfleet.master import Master
+
+    port = parse_port(args.port)
+    key = _key(args)
+    log.setup()
+    master = Master(args.bind, port, key, args.journal, args.lease_timeout, log.get("master"))
+    master.start()
+    master.serve_forever()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from taskfleet.worker import Worker
+
+    address = _master_address(args)
+    key = _key(args)
+    host = args.host_label or socket.gethostname()
+    name = args.name or f"{host}-{os.getpid()}"
+    processes = args.processes or len(os.sched_getaffinity(0)) or 1
+    log.setup()
+    worker = Worker(address, key, name, host, processes, args.heartbeat_file, log.get("worker"))
+    return worker.run()
+
+
+def _read_items(path: str) -> list[Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"cannot read items file {path}: {reason}",
+                         "give a readable text file with one item per line") from None
+    items: list[Any] = []
+    for line in lines:
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            items.append(json.loads(text))
+        except ValueError:
+            items.append(text)  # a bare word is a string item
+    if not items:
+        raise UsageError(f"items file {path} holds no items", "put one item per line")
+    return items
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    items = _read_items(args.items_file) if args.items_file else None
+    client = _client(args)
+    t0 = time.monotonic()
+    spec = client.submit(args.job, n=args.range, items=items, chunk_size=args.chunk_size)
+    if args.no_wait:
+        if args.json:
+            _emit({"job_id": spec.id, "job": spec.job, "items": spec.n_items, "chunks": spec.n_chunks})
+        else:
+            print(spec.id)
+        return 0
+    print(f"job {spec.id}: {spec.job} over {spec.n_items} items in {spec.n_chunks} chunks",
+          file=sys.stderr)
+    out = sys.stdout
+    count = 0
+    try:
+        for chunk in client.results(spec, timeout=args.timeout):
+            count += len(chunk.results)
+            if args.json:
+                out.write(json.dumps({"chunk": chunk.index, "items": list(chunk.items),
+                                      "results": chunk.results}) + "\n")
+            else:
+                out.writelines(f"{item}\t{result}\n" for item, result in zip(chunk.items, chunk.results, strict=False))
+    except TimeoutError as exc:
+        raise TaskfleetError(f"job {spec.id} not finished: {exc}",
+                             f"it keeps running on the master; follow it with taskfleet status") from None
+    seconds = time.monotonic() - t0
+    summary = {"job_id": spec.id, "job": spec.job, "state": "done", "items": spec.n_items,
+               "results": count, "duplicates": client.duplicates, "seconds": round(seconds, 3),
+               "items_per_s": round(count / seconds, 1) if seconds > 0 else None}
+    if args.json:
+        _emit(summary)
+    else:
+        out.flush()
+        print(f"job {spec.id} done: {count} results in {seconds:.2f}s", file=sys.stderr)
+    return 0
+
+
+def _auto_chunk(count: int, expect_workers: int) -> int:
+    # Enough chunks that every connected worker gets some (smoke proves
+    # each one works), but never more than the default size.
+    want_chunks = max(200, 16 * expect_workers)
+    return max(1, min(DEFAULT_CHUNK_SIZE, count // want_chunks))
+
+
+def _wait_for_workers(client: Any, expect_workers: int, hosts: list[str], deadline: float) -> list[str]:
+    """Before submitting, wait (bounded) until the expected workers are connected."""
+    problems: list[str] = []
+    while True:
+        st = client.status()
+        names = [w["name"] for w in st["workers"]]
+        seen_hosts = {w["host"] for w in st["workers"]}
+        problems = []
+        if len(names) < expect_workers:
+            problems.append(f"{len(names)} workers connected, expected {expect_workers}")
+        missing = [h for h in hosts if h not in seen_hosts]
+        if missing:
+            problems.append(f"no worker connected from {', '.join(missing)}")
+        if not problems or time.monotonic() >= deadline:
+            return problems
+        time.sleep(0.5)
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    hosts = [h.strip() for h in (args.expect_hosts or "").split(",") if h.strip()]
+    expect_workers = args.expect_workers or 0
+    client = _client(args)
+    t_start = time.monotonic()
+    deadline = t_start + args.timeout
+    errors = _wait_for_workers(client, expect_workers, hosts, min(deadline, t_start + args.timeout / 2))
+    chunk_size = args.chunk_size or _auto_chunk(args.count, max(expect_workers, len(hosts)))
+    t0 = time.monotonic()
+    spec = client.submit("squares", n=args.count, chunk_size=chunk_size)
+    verified = wrong = 0
+    workers: Counter[str] = Counter()
+    by_host: Counter[str] = Counter()
+    try:
+        for chunk in client.results(spec, timeout=max(1.0, deadline - time.monotonic())):
+            n = len(chunk.items)
+            bad = sum(1 for x, r in zip(chunk.items, chunk.results, strict=False) if r != x * x)
+            bad += abs(n - len(chunk.results)) if len(chunk.results) < n else 0
+            wrong += bad
+            verified += n - bad
+            workers[chunk.worker] += n
+            by_host[chunk.host] += n
+    except TimeoutError as exc:
+        errors.append(f"timed out after {args.timeout:g}s ({exc})")
+    seconds = time.monotonic() - t0
+    missing = args.count - verified - wrong
+    duplicates = client.duplicates
+    # Expectations are judged on who really returned results.
+    errors = [e for e in errors if "timed out" in e]
+    if expect_workers and len(workers) < expect_workers:
+        errors.append(f"{len(workers)} workers returned results, expected at least {expect_workers}")
+    absent = [h for h in hosts if by_host.get(h, 0) == 0]
+    if absent:
+        errors.append(f"no results from host(s) {', '.join(absent)}")
+    if wrong:
+        errors.append(f"{wrong} wrong results")
+    if missing:
+        errors.append(f"{missing} results missing")
+    if duplicates:
+        errors.append(f"{duplicates} duplicate chunks")
+    ok = not errors
+    report = {
+        "ok": ok,
+        "job_id": spec.id,
+        "count": args.count,
+        "verified": verified,
+        "missing": missing,
+        "wrong": wrong,
+        "duplicates": duplicates,
+        "workers": dict(sorted(workers.items())),
+        "hosts": dict(sorted(by_host.items())),
+        "seconds": round(seconds, 3),
+        "items_per_s": round(verified / seconds, 1) if seconds > 0 else None,
+        "chunk_size": chunk_size,
+        "errors": errors,
+    }
+    if args.json:
+        _emit(report)
+    else:
+        print(f"smoke: {verified}/{args.count} squares verified in {seconds:.2f}s "
+              f"({report['items_per_s']} items/s) by {len(workers)} workers on {len(by_host)} hosts")
+        for host, items in sorted(by_host.items()):
+            print(f"  {host}: {items} items")
+    if not ok:
+        print(f"taskfleet: error: smoke failed: {'; '.join(errors)} — check taskfleet status and the "
+              "workers' logs", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _client(args).status()
+    if args.json:
+        _emit(st)
+        return 0
+    m = st["master"]
+    print(f"master {m['address']} up {m['uptime_s']:.0f}s")
+    print(f"workers ({len(st['workers'])}):")
+    for w in st["workers"]:
+        print(f"  {w['name']:<28} host {w['host']:<16} heartbeat {w['last_heartbeat_age_s']:5.1f}s ago "
+              f"chunks {w['chunks_done']:>7} items {w['items_done']:>10} leased {w['leased']}")
+    print(f"jobs ({len(st['jobs'])}):")
+    for j in st["jobs"]:
+        c = j["chunks"]
+        print(f"  {j['id']} {j['job']:<12} {j['state']:<8} items {j['items_done']}/{j['items_total']} "
+              f"chunks pending {c['pending']} leased {c['leased']} done {c['done']}")
+    return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    if args.what == "worker":
+        path = args.heartbeat_file
+        if not path:
+            raise UsageError("no heartbeat file given", "pass --heartbeat-file PATH")
+        try:
+            age = time.time() - os.stat(path).st_mtime
+        except FileNotFoundError:
+            raise TaskfleetError(f"heartbeat file {path} does not exist",
+                                 "the worker has not reached the master yet; see its log") from None
+        if age > args.max_age:
+            raise TaskfleetError(f"heartbeat file {path} is {age:.0f}s old (limit {args.max_age:g}s)",
+                                 "the worker cannot reach the master; see its log")
+        return 0
+    info = _client(args).ping()
+    print(f"ok: master {info['address']} answers (taskfleet {info['version']})")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="taskfleet", description="A deployable distributed task queue.")
+    parser.add_argument("--version", action="version", version=f"taskfleet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("keygen", help="write a new random authkey file (mode 0600)")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("master", help="serve the board (jobs, leases, results)")
+    p.add_argument("--bind", default="127.0.0.1", metavar="HOST",
+                   help="address to listen on: one of this machine's, or 0.0.0.0 (default 127.0.0.1)")
+    p.add_argument("--port", default=str(DEFAULT_PORT), metavar="PORT", help=f"default {DEFAULT_PORT}")
+    _add_authkey_opt(p)
+    p.add_argument("--journal", metavar="PATH", help="SQLite journal; jobs resume from it after a restart")
+    p.add_argument("--lease-timeout", type=_positive_float, default=30.0, metavar="S",
+                   help="a worker silent this long loses its leases (default 30)")
+    p.set_defaults(func=cmd_master)
+
+    p = sub.add_parser("worker", help="run chunks leased from the master")
+    _add_master_opts(p)
+    p.add_argument("--processes", type=_positive_int, metavar="N", help="pool size (default: one per core)")
+    p.add_argument("--name", metavar="NAME", help="worker name (default HOST-LABEL-PID)")
+    p.add_argument("--host-label", metavar="LABEL", help="the machine this worker reports (default: hostname)")
+    p.add_argument("--heartbeat-file", metavar="PATH", help="touched after every successful heartbeat")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="submit a job and (by default) print its results")
+    p.add_argument("job", metavar="JOB", help="squares, package.module:function, or a taskfleet.jobs entry point")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--range", type=_positive_int, metavar="N", help="items 0..N-1")
+    src.add_argument("--items-file", metavar="F", help="one item per line (JSON values or words)")
+    _add_master_opts(p)
+    _add_client_opts(p)
+    p.add_argument("--chunk-size", type=_positive_int, default=DEFAULT_CHUNK_SIZE, metavar="C")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    p.add_argument("--timeout", type=_positive_float, metavar="S", help="stop waiting after S seconds")
+    p.add_argument("--json", action="store_true", help="JSON lines: one per chunk, then a summary")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("smoke", help="squares over range(N), every result checked")
+    _add_master_opts(p)
+    _add_client_opts(p)
+    p.add_argument("--count", type=_positive_int, required=True, metavar="N")
+    p.add_argument("--expect-workers", type=_positive_int, metavar="K", help="at least K workers must return results")
+    p.add_argument("--expect-hosts", metavar="H1,H2,...", help="each of these hosts must return results")
+    p.add_argument("--chunk-size", type=_positive_int, metavar="C", help="default: sized so every worker takes part")
+    p.add_argument("--timeout", type=_positive_float, default=300.0, metavar="S", help="default 300")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object")
+    p.set_defaults(func=cmd_smoke)
+
+    p = sub.add_parser("status", help="workers and jobs as the master sees them")
+    _add_master_opts(p)
+    _add_client_opts(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("healthcheck", help="exit 0 when the master answers / the worker heartbeats")
+    hc = p.add_subparsers(dest="what", metavar="master|worker", parser_class=_Parser)
+    hc.required = True
+    hm = hc.add_parser("master", help="authenticated ping")
+    _add_master_opts(hm)
+    hm.add_argument("--connect-timeout", type=_positive_float, default=5.0, metavar="S")
+    hw = hc.add_parser("worker", help="heartbeat file is fresh")
+    hw.add_argument("--heartbeat-file", metavar="PATH")
+    hw.add_argument("--max-age", type=_positive_float, default=30.0, metavar="S", help="default 30")
+    p.set_defaults(func=cmd_healthcheck)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    command = None
+    try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        code = int(args.func(args))
+    except TaskfleetError as exc:
+        sys.stdout.flush()
+        print(f"taskfleet: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:  # e.g. `taskfleet submit … | head`
+        code = 1
+    if command == "worker":
+        # Skip interpreter teardown: no atexit hook may wait on a dead master
+        # or a stuck pool. Unlink the pool's named semaphores first (the
+        # finalizers with priority >= 0 do only that; none of them blocks).
+        try:
+            from multiprocessing import util
+
+            util._run_finalizers(0)
+        except Exception:  # best effort: the resource tracker cleans up anyway
+            pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

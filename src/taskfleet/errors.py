@@ -1,0 +1,75 @@
+"""One error family for the whole runtime.
+
+Every user-facing failure is a :class:`TaskfleetError` carrying *what* went
+wrong and *what to do*; the CLI prints ``taskfleet: error: <what> — <fix>``
+and exits with ``exit_code``. The errors pickle (they travel from the master
+to clients as ``#ERROR`` replies), so ``__init__`` takes exactly ``args``.
+"""
+
+from __future__ import annotations
+
+
+class TaskfleetError(Exception):
+    """Base class: ``what`` happened; ``fix`` names the next step."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, fix: str = "") -> None:
+        super().__init__(what, fix)
+        self.what = what
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.what} — {self.fix}" if self.fix else self.what
+
+
+class UsageError(TaskfleetError):
+    """Bad command-line input (malformed address, bad number, missing option)."""
+
+    exit_code = 2
+
+
+class AuthkeyError(TaskfleetError):
+    """The authkey file is missing, too short, unreadable or readable by others."""
+
+    exit_code = 2
+
+
+class AuthkeyRejected(TaskfleetError):
+    """The master (or the peer) refused our authkey during the handshake."""
+
+
+class MasterUnreachable(TaskfleetError):
+    """No answer from the master within the allowed time."""
+
+
+class BindError(TaskfleetError):
+    """The master cannot listen on the requested address/port."""
+
+
+class JournalError(TaskfleetError):
+    """The journal file cannot be opened or written."""
+
+
+class UnknownJob(TaskfleetError):
+    """A job name that is neither built in, ``module:function`` nor an entry point."""
+
+    exit_code = 2
+
+
+class BadJobArguments(TaskfleetError):
+    """Items or options a job cannot take (refused at submit time)."""
+
+    exit_code = 2
+
+
+class JobFailed(TaskfleetError):
+    """A job function raised on a worker; the job is marked failed."""
+
+
+class RemoteError(TaskfleetError):
+    """An unexpected error inside the master while serving a call."""
+
+
+class Stopping(Exception):
+    """Raised inside retry loops when the process was asked to stop (not user-facing)."""

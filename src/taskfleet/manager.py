@@ -1,0 +1,368 @@
+"""The wire: a multiprocessing.managers server in the master's own process,
+and a client connection that we own (timeouts, reconnect, backoff).
+
+Server side (:class:`TaskfleetServer`, a ``managers.Server``):
+  * runs in-process on threads, so registered callables are plain bound
+    methods and are never pickled;
+  * sets TCP_NODELAY on every accepted socket (Nagle + delayed ACK cost
+    40-90 ms per message otherwise) and TCP keepalive (half-open peers die);
+  * bounds the handshake: a receive/send timeout until the peer has proved
+    the key and sent its first request, and a cap on concurrent
+    unauthenticated connections (extra ones are closed at once);
+  * logs refused peers by address and sends them nothing — the stock server
+    answers a failed handshake with a pickled traceback;
+  * does not expose ``shutdown``/``debug_info`` to remote peers.
+
+Client side (:class:`Session`): speaks the manager protocol directly on a
+socket we create — ``answer_challenge``/``deliver_challenge``, then
+``accept_connection`` and ``(ident, method, args, kwargs)`` requests — so no
+``BaseProxy`` state is cached per address (CPython #86320) and no proxy
+finalizer can hang at exit. Every read and write has a kernel timeout
+(SO_RCVTIMEO/SO_SNDTIMEO): a hung (SIGSTOP'd) master is detected, the
+connection is dropped and re-dialled with backoff. Calls are never
+interrupted by signals; every board method is safe to retry.
+
+Stock ``BaseManager`` clients still work: register ``get_board`` on a
+``BaseManager`` subclass (see :class:`BoardManager`) and ``connect()``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing import connection as mpc
+from multiprocessing import managers
+from multiprocessing.connection import Connection
+from typing import Any
+
+from taskfleet.address import format_hostport
+from taskfleet.errors import AuthkeyRejected, MasterUnreachable, RemoteError, Stopping, TaskfleetError
+
+BOARD_IDENT = "board"  # fixed identity of the board object on every master
+BOARD_TYPEID = "get_board"
+HANDSHAKE_TIMEOUT = 5.0
+MAX_UNAUTHENTICATED = 64
+_PUBLIC = ("create", "accept_connection", "get_methods", "number_of_objects", "dummy", "incref", "decref")
+
+_TRANSPORT_ERRORS = (OSError, EOFError, ConnectionError, struct.error, ValueError)
+
+
+def _set_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Kernel-level read/write timeouts on a *blocking* socket (0 = none).
+
+    multiprocessing's Connection reads with os.read on the raw fd, so a Python
+    socket timeout would be bypassed; SO_RCVTIMEO makes that read fail with
+    EAGAIN instead of blocking forever.
+    """
+    sec = int(seconds)
+    usec = int((seconds - sec) * 1_000_000)
+    tv = struct.pack("ll", sec, usec)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
+def _fd_timeouts(fd: int, seconds: float) -> None:
+    tmp = socket.socket(fileno=fd)
+    try:
+        _set_timeouts(tmp, seconds)
+    finally:
+        tmp.detach()  # the Connection owns the fd
+
+
+class BoardManager(managers.BaseManager):
+    """For stock-multiprocessing clients: ``BoardManager(addr, authkey).connect()``."""
+
+
+BoardManager.register(BOARD_TYPEID)
+
+
+class TaskfleetServer(managers.Server):  # type: ignore[misc]
+    """A manager server with bounded, logged handshakes. See the module docstring."""
+
+    def __init__(
+        self,
+        board_factory: Callable[[], object],
+        exposed: tuple[str, ...],
+        address: tuple[str, int],
+        authkey: bytes,
+        log: logging.Logger,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_unauthenticated: int = MAX_UNAUTHENTICATED,
+    ) -> None:
+        # The callable is a bound method run in this process: never pickled.
+        registry = {BOARD_TYPEID: (board_factory, exposed, None, None)}
+        super().__init__(registry, address, authkey, "pickle")
+        self._board_factory = board_factory
+        self._exposed = exposed
+        self.public = list(_PUBLIC)
+        self.stop_event = threading.Event()  # stock code makes it in serve_forever()
+        self._log = log
+        self._handshake_timeout = handshake_timeout
+        self._unauth = threading.BoundedSemaphore(max_unauthenticated)
+        self._sock: socket.socket = self.listener._listener._socket
+        self._sock.listen(128)
+        self._peer = threading.local()
+        self._accepter: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Publish the board under its fixed identity and start accepting."""
+        self.id_to_obj[BOARD_IDENT] = (self._board_factory(), set(self._exposed), None)
+        self.id_to_refcount[BOARD_IDENT] = 1  # never released
+        self._accepter = threading.Thread(target=self.accepter, name="accepter", daemon=True)
+        self._accepter.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def peer(self) -> str:
+        """Address of the peer whose call this thread serves ("" outside a call)."""
+        return getattr(self._peer, "addr", "")
+
+    def accepter(self) -> None:
+        emfile_logged = 0.0
+        while not self.stop_event.is_set():
+            try:
+                sock, addr = self._sock.accept()
+            except OSError as exc:
+                if self.stop_event.is_set():
+                    return
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Do not spin at 100 % CPU when out of descriptors.
+                    if time.monotonic() - emfile_logged > 10:
+                        self._log.warning("accept failed: %s; pausing accepts", exc.strerror)
+                        emfile_logged = time.monotonic()
+                    time.sleep(0.1)
+                continue
+            peer = format_hostport(str(addr[0]), int(addr[1]))
+            if not self._unauth.acquire(blocking=False):
+                self._log.warning("refused %s: too many unauthenticated connections", peer)
+                sock.close()
+                continue
+            try:
+                sock.setblocking(True)
+                _tune(sock)
+                _set_timeouts(sock, self._handshake_timeout)
+                conn = Connection(sock.detach())
+            except OSError:
+                sock.close()
+                self._unauth.release()
+                continue
+            threading.Thread(target=self._serve, args=(conn, peer), name=f"conn {peer}", daemon=True).start()
+
+    def _serve(self, conn: Connection, peer: str) -> None:
+        try:
+            try:
+                mpc.deliver_challenge(conn, self.authkey)
+                mpc.answer_challenge(conn, self.authkey)
+                request = conn.recv()
+                ignore, funcname, args, kwds = request
+            except mpc.AuthenticationError:
+                self._log.warning("refused %s: wrong authkey", peer)
+                return
+            except Exception as exc:  # garbage, timeout, half-open: drop it quietly
+                self._log.warning("refused %s: no valid handshake (%s)", peer, _short(exc))
+                return
+            finally:
+                self._unauth.release()
+            _fd_timeouts(conn.fileno(), 0)  # authenticated: calls may long-poll
+            self._peer.addr = peer
+            if funcname not in self.public:
+                conn.send(("#ERROR", RemoteError(f"{funcname!r} is not allowed", "")))
+                return
+            try:
+                result = getattr(self, funcname)(conn, *args, **kwds)
+            except Exception as exc:
+                msg: tuple[str, Any] = ("#ERROR", RemoteError(_short(exc), ""))
+            else:
+                msg = ("#RETURN", result)
+            conn.send(msg)
+        except SystemExit:  # serve_client() exits its thread on EOF
+            pass
+        except Exception as exc:
+            self._log.debug("connection %s closed: %s", peer, _short(exc))
+        finally:
+            conn.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    return text[:200]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BlockingIOError | TimeoutError | socket.timeout):
+        return "no answer in time"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, EOFError | ConnectionResetError | BrokenPipeError):
+        return "connection closed"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return _short(exc)
+
+
+def dial(address: tuple[str, int], authkey: bytes, timeout: float, name: str) -> Connection:
+    """Connect, authenticate both ways, and open a serving connection.
+
+    Raises AuthkeyRejected or a transport error (OSError/EOFError).
+    """
+    sock = socket.create_connection(address, timeout=timeout)
+    try:
+        sock.settimeout(None)
+        _tune(sock)
+        _set_timeouts(sock, timeout)
+        conn = Connection(sock.detach())
+    except OSError:
+        sock.close()
+        raise
+    try:
+        try:
+            mpc.answer_challenge(conn, authkey)
+            mpc.deliver_challenge(conn, authkey)
+        except mpc.AuthenticationError:
+            raise AuthkeyRejected(
+                f"the master at {format_hostport(*address)} refused our authkey",
+                "use the same authkey file as the master (one key per cluster, copied to every host)",
+            ) from None
+        conn.send((None, "accept_connection", (name,), {}))
+        kind, result = conn.recv()
+        if kind != "#RETURN":
+            raise RemoteError(f"master refused the connection: {result}", "check the master's log")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Session:
+    """One connection to the master, re-dialled with backoff when it breaks.
+
+    ``call`` sends one request and waits for its reply; transport failures
+    (refused, reset, timeout) close the connection and retry the call on a
+    new one, so every method called through a Session must be idempotent
+    (the board's are). It gives up with MasterUnreachable after ``give_up``
+    seconds without a working connection (None: never, for workers).
+    Not thread-safe: one Session per thread.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        authkey: bytes,
+        name: str,
+        *,
+        timeout: float = 15.0,
+        give_up: float | None = 30.0,
+        log: logging.Logger | None = None,
+        on_connect: Callable[[Session], None] | None = None,
+        stop: threading.Event | None = None,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.address = address
+        self.where = format_hostport(*address)
+        self._authkey = authkey
+        self._name = name
+        self.timeout = timeout
+        self.give_up = give_up
+        self._log = log
+        self._on_connect = on_connect
+        self._stop = stop or threading.Event()
+        self._max_backoff = max_backoff
+        self._conn: Connection | None = None
+        self._conn_timeout = timeout
+        self.connects = 0
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+            self._conn = None
+
+    def _raw_call(self, method: str, args: tuple[Any, ...], timeout: float) -> Any:
+        conn = self._conn
+        assert conn is not None
+        if timeout != self._conn_timeout:
+            _fd_timeouts(conn.fileno(), timeout)
+            self._conn_timeout = timeout
+        conn.send((BOARD_IDENT, method, args, {}))
+        kind, result = conn.recv()
+        if kind == "#RETURN":
+            return result
+        if kind == "#ERROR" and isinstance(result, TaskfleetError):
+            raise result
+        raise RemoteError(f"the master failed on {method}: {_short(Exception(result))}", "see the master's log")
+
+    def call_once(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call on the current connection (used by on_connect hooks); no retry."""
+        return self._raw_call(method, args, timeout or self.timeout)
+
+    def _connect(self) -> None:
+        self._conn = dial(self.address, self._authkey, self.timeout, self._name)
+        self._conn_timeout = self.timeout
+        self.connects += 1
+        if self._on_connect is not None:
+            self._on_connect(self)
+
+    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call a board method, reconnecting as needed. See the class docstring."""
+        call_timeout = timeout or self.timeout
+        failing_since: float | None = None
+        delay = 0.5
+        while True:
+            if self._stop.is_set() and self._conn is None:
+                raise Stopping()
+            try:
+                if self._conn is None:
+                    self._connect()
+                return self._raw_call(method, args, call_timeout)
+            except _TRANSPORT_ERRORS as exc:
+                was_connected = self._conn is not None
+                self.close()
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                reason = _describe(exc)
+                if self.give_up is not None and now - failing_since + delay > self.give_up:
+                    raise MasterUnreachable(
+                        f"cannot reach the master at {self.where} ({reason})",
+                        "check that the master runs there, the address and port, and the firewall",
+                    ) from None
+                if self._log is not None:
+                    if was_connected:
+                        self._log.warning(
+                            "lost the master at %s during %s (%s); reconnecting", self.where, method, reason
+                        )
+                        delay = 0.2  # first retry fast: a restarted master is usually back at once
+                    else:
+                        self._log.warning(
+                            "master unreachable at %s (%s), retrying in %gs", self.where, reason, delay
+                        )
+                if self._stop.wait(delay):
+                    raise Stopping() from None
+                delay = min(self._max_backoff, max(0.5, delay * 2))
