@@ -6,7 +6,9 @@ import re
 
 from taskfleet.errors import UsageError
 
-_HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]{1,5})$")
+_HOSTPORT = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]{1,5})$"
+)
 
 
 def parse_hostport(text: str, option: str = "--master") -> tuple[str, int]:

@@ -56,7 +56,8 @@ def load(path: str) -> bytes:
     if not path:
         raise AuthkeyError(
             "no authkey file given",
-            "pass --authkey-file PATH or set TASKFLEET_AUTHKEY_FILE (make one with taskfleet keygen PATH)",
+            "pass --authkey-file PATH or set TASKFLEET_AUTHKEY_FILE"
+            " (make one with taskfleet keygen PATH)",
         )
     try:
         st = os.stat(path)
@@ -76,7 +77,8 @@ def load(path: str) -> bytes:
         )
     if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
         raise AuthkeyError(
-            f"authkey file {path} is accessible by every user (mode {stat.S_IMODE(st.st_mode):04o})",
+            f"authkey file {path} is accessible by every user"
+            f" (mode {stat.S_IMODE(st.st_mode):04o})",
             f"chmod 600 {path}",
         )
     try:

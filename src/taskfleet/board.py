@@ -209,7 +209,9 @@ class _JobState:
 class Board:
     """Thread-safe job/chunk/lease state. See the module docstring."""
 
-    def __init__(self, lease_timeout: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, lease_timeout: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if lease_timeout <= 0:
             raise ValueError("lease_timeout must be positive")
         self.lease_timeout = lease_timeout
@@ -392,7 +394,12 @@ class Board:
             info = self._workers[worker]
             for job_id, index in chunks:
                 job = self._jobs.get(job_id)
-                if job is None or not 0 <= index < job.n or job.is_done(index) or job.state == "failed":
+                if (
+                    job is None
+                    or not 0 <= index < job.n
+                    or job.is_done(index)
+                    or job.state == "failed"
+                ):
                     if job is not None:
                         job.duplicates += 1
                     outcome.duplicates += 1

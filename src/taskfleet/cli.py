@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from taskfleet import DEFAULT_CHUNK_SIZE, DEFAULT_PORT, __version__, authkey, log
-from taskfleet.address import format_hostport, parse_hostport, parse_port
+from taskfleet.address import parse_hostport, parse_port
 from taskfleet.errors import TaskfleetError, UsageError
 
 ENV_MASTER = "TASKFLEET_MASTER"
@@ -55,19 +55,32 @@ def _positive_float(text: str) -> float:
 
 
 def _add_master_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--master", metavar="HOST:PORT", default=os.environ.get(ENV_MASTER),
-                   help=f"the master's address (env {ENV_MASTER})")
+    p.add_argument(
+        "--master",
+        metavar="HOST:PORT",
+        default=os.environ.get(ENV_MASTER),
+        help=f"the master's address (env {ENV_MASTER})",
+    )
     _add_authkey_opt(p)
 
 
 def _add_authkey_opt(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--authkey-file", metavar="PATH", default=os.environ.get(ENV_AUTHKEY),
-                   help=f"file holding the cluster's authkey (env {ENV_AUTHKEY})")
+    p.add_argument(
+        "--authkey-file",
+        metavar="PATH",
+        default=os.environ.get(ENV_AUTHKEY),
+        help=f"file holding the cluster's authkey (env {ENV_AUTHKEY})",
+    )
 
 
 def _add_client_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="S",
-                   help="give up when the master does not answer within S seconds (default 10)")
+    p.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="give up when the master does not answer within S seconds (default 10)",
+    )
 
 
 def _master_address(args: argparse.Namespace) -> tuple[str, int]:
@@ -97,8 +110,10 @@ def _emit(obj: dict[str, Any]) -> None:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     authkey.keygen(args.path, force=args.force)
-    print(f"wrote a new authkey to {args.path} (mode 0600); copy it to every host of the cluster",
-          file=sys.stderr)
+    print(
+        f"wrote a new authkey to {args.path} (mode 0600); copy it to every host of the cluster",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -133,8 +148,10 @@ def _read_items(path: str) -> list[Any]:
             lines = fh.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UsageError(f"cannot read items file {path}: {reason}",
-                         "give a readable text file with one item per line") from None
+        raise UsageError(
+            f"cannot read items file {path}: {reason}",
+            "give a readable text file with one item per line",
+        ) from None
     items: list[Any] = []
     for line in lines:
         text = line.strip()
@@ -156,29 +173,49 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = client.submit(args.job, n=args.range, items=items, chunk_size=args.chunk_size)
     if args.no_wait:
         if args.json:
-            _emit({"job_id": spec.id, "job": spec.job, "items": spec.n_items, "chunks": spec.n_chunks})
+            _emit(
+                {"job_id": spec.id, "job": spec.job, "items": spec.n_items, "chunks": spec.n_chunks}
+            )
         else:
             print(spec.id)
         return 0
-    print(f"job {spec.id}: {spec.job} over {spec.n_items} items in {spec.n_chunks} chunks",
-          file=sys.stderr)
+    print(
+        f"job {spec.id}: {spec.job} over {spec.n_items} items in {spec.n_chunks} chunks",
+        file=sys.stderr,
+    )
     out = sys.stdout
     count = 0
     try:
         for chunk in client.results(spec, timeout=args.timeout):
             count += len(chunk.results)
             if args.json:
-                out.write(json.dumps({"chunk": chunk.index, "items": list(chunk.items),
-                                      "results": chunk.results}) + "\n")
+                out.write(
+                    json.dumps(
+                        {"chunk": chunk.index, "items": list(chunk.items), "results": chunk.results}
+                    )
+                    + "\n"
+                )
             else:
-                out.writelines(f"{item}\t{result}\n" for item, result in zip(chunk.items, chunk.results, strict=False))
+                out.writelines(
+                    f"{item}\t{result}\n"
+                    for item, result in zip(chunk.items, chunk.results, strict=False)
+                )
     except TimeoutError as exc:
-        raise TaskfleetError(f"job {spec.id} not finished: {exc}",
-                             f"it keeps running on the master; follow it with taskfleet status") from None
+        raise TaskfleetError(
+            f"job {spec.id} not finished: {exc}",
+            "it keeps running on the master; follow it with taskfleet status",
+        ) from None
     seconds = time.monotonic() - t0
-    summary = {"job_id": spec.id, "job": spec.job, "state": "done", "items": spec.n_items,
-               "results": count, "duplicates": client.duplicates, "seconds": round(seconds, 3),
-               "items_per_s": round(count / seconds, 1) if seconds > 0 else None}
+    summary = {
+        "job_id": spec.id,
+        "job": spec.job,
+        "state": "done",
+        "items": spec.n_items,
+        "results": count,
+        "duplicates": client.duplicates,
+        "seconds": round(seconds, 3),
+        "items_per_s": round(count / seconds, 1) if seconds > 0 else None,
+    }
     if args.json:
         _emit(summary)
     else:
@@ -194,7 +231,9 @@ def _auto_chunk(count: int, expect_workers: int) -> int:
     return max(1, min(DEFAULT_CHUNK_SIZE, count // want_chunks))
 
 
-def _wait_for_workers(client: Any, expect_workers: int, hosts: list[str], deadline: float) -> list[str]:
+def _wait_for_workers(
+    client: Any, expect_workers: int, hosts: list[str], deadline: float
+) -> list[str]:
     """Before submitting, wait (bounded) until the expected workers are connected."""
     problems: list[str] = []
     while True:
@@ -218,7 +257,9 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     client = _client(args)
     t_start = time.monotonic()
     deadline = t_start + args.timeout
-    errors = _wait_for_workers(client, expect_workers, hosts, min(deadline, t_start + args.timeout / 2))
+    errors = _wait_for_workers(
+        client, expect_workers, hosts, min(deadline, t_start + args.timeout / 2)
+    )
     chunk_size = args.chunk_size or _auto_chunk(args.count, max(expect_workers, len(hosts)))
     t0 = time.monotonic()
     spec = client.submit("squares", n=args.count, chunk_size=chunk_size)
@@ -242,7 +283,9 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     # Expectations are judged on who really returned results.
     errors = [e for e in errors if "timed out" in e]
     if expect_workers and len(workers) < expect_workers:
-        errors.append(f"{len(workers)} workers returned results, expected at least {expect_workers}")
+        errors.append(
+            f"{len(workers)} workers returned results, expected at least {expect_workers}"
+        )
     absent = [h for h in hosts if by_host.get(h, 0) == 0]
     if absent:
         errors.append(f"no results from host(s) {', '.join(absent)}")
@@ -271,13 +314,18 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     if args.json:
         _emit(report)
     else:
-        print(f"smoke: {verified}/{args.count} squares verified in {seconds:.2f}s "
-              f"({report['items_per_s']} items/s) by {len(workers)} workers on {len(by_host)} hosts")
+        print(
+            f"smoke: {verified}/{args.count} squares verified in {seconds:.2f}s "
+            f"({report['items_per_s']} items/s) by {len(workers)} workers on {len(by_host)} hosts"
+        )
         for host, items in sorted(by_host.items()):
             print(f"  {host}: {items} items")
     if not ok:
-        print(f"taskfleet: error: smoke failed: {'; '.join(errors)} — check taskfleet status and the "
-              "workers' logs", file=sys.stderr)
+        print(
+            f"taskfleet: error: smoke failed: {'; '.join(errors)} — check taskfleet status and the "
+            "workers' logs",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -291,13 +339,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"master {m['address']} up {m['uptime_s']:.0f}s")
     print(f"workers ({len(st['workers'])}):")
     for w in st["workers"]:
-        print(f"  {w['name']:<28} host {w['host']:<16} heartbeat {w['last_heartbeat_age_s']:5.1f}s ago "
-              f"chunks {w['chunks_done']:>7} items {w['items_done']:>10} leased {w['leased']}")
+        print(
+            f"  {w['name']:<28} host {w['host']:<16}"
+            f" heartbeat {w['last_heartbeat_age_s']:5.1f}s ago "
+            f"chunks {w['chunks_done']:>7} items {w['items_done']:>10} leased {w['leased']}"
+        )
     print(f"jobs ({len(st['jobs'])}):")
     for j in st["jobs"]:
         c = j["chunks"]
-        print(f"  {j['id']} {j['job']:<12} {j['state']:<8} items {j['items_done']}/{j['items_total']} "
-              f"chunks pending {c['pending']} leased {c['leased']} done {c['done']}")
+        print(
+            f"  {j['id']} {j['job']:<12} {j['state']:<8}"
+            f" items {j['items_done']}/{j['items_total']} "
+            f"chunks pending {c['pending']} leased {c['leased']} done {c['done']}"
+        )
     return 0
 
 
@@ -309,11 +363,15 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
         try:
             age = time.time() - os.stat(path).st_mtime
         except FileNotFoundError:
-            raise TaskfleetError(f"heartbeat file {path} does not exist",
-                                 "the worker has not reached the master yet; see its log") from None
+            raise TaskfleetError(
+                f"heartbeat file {path} does not exist",
+                "the worker has not reached the master yet; see its log",
+            ) from None
         if age > args.max_age:
-            raise TaskfleetError(f"heartbeat file {path} is {age:.0f}s old (limit {args.max_age:g}s)",
-                                 "the worker cannot reach the master; see its log")
+            raise TaskfleetError(
+                f"heartbeat file {path} is {age:.0f}s old (limit {args.max_age:g}s)",
+                "the worker cannot reach the master; see its log",
+            )
         return 0
     info = _client(args).ping()
     print(f"ok: master {info['address']} answers (taskfleet {info['version']})")
@@ -335,25 +393,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("master", help="serve the board (jobs, leases, results)")
-    p.add_argument("--bind", default="127.0.0.1", metavar="HOST",
-                   help="address to listen on: one of this machine's, or 0.0.0.0 (default 127.0.0.1)")
-    p.add_argument("--port", default=str(DEFAULT_PORT), metavar="PORT", help=f"default {DEFAULT_PORT}")
+    p.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address to listen on: one of this machine's, or 0.0.0.0 (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port", default=str(DEFAULT_PORT), metavar="PORT", help=f"default {DEFAULT_PORT}"
+    )
     _add_authkey_opt(p)
-    p.add_argument("--journal", metavar="PATH", help="SQLite journal; jobs resume from it after a restart")
-    p.add_argument("--lease-timeout", type=_positive_float, default=30.0, metavar="S",
-                   help="a worker silent this long loses its leases (default 30)")
+    p.add_argument(
+        "--journal", metavar="PATH", help="SQLite journal; jobs resume from it after a restart"
+    )
+    p.add_argument(
+        "--lease-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="a worker silent this long loses its leases (default 30)",
+    )
     p.set_defaults(func=cmd_master)
 
     p = sub.add_parser("worker", help="run chunks leased from the master")
     _add_master_opts(p)
-    p.add_argument("--processes", type=_positive_int, metavar="N", help="pool size (default: one per core)")
+    p.add_argument(
+        "--processes", type=_positive_int, metavar="N", help="pool size (default: one per core)"
+    )
     p.add_argument("--name", metavar="NAME", help="worker name (default HOST-LABEL-PID)")
-    p.add_argument("--host-label", metavar="LABEL", help="the machine this worker reports (default: hostname)")
-    p.add_argument("--heartbeat-file", metavar="PATH", help="touched after every successful heartbeat")
+    p.add_argument(
+        "--host-label", metavar="LABEL", help="the machine this worker reports (default: hostname)"
+    )
+    p.add_argument(
+        "--heartbeat-file", metavar="PATH", help="touched after every successful heartbeat"
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a job and (by default) print its results")
-    p.add_argument("job", metavar="JOB", help="squares, package.module:function, or a taskfleet.jobs entry point")
+    p.add_argument(
+        "job",
+        metavar="JOB",
+        help="squares, package.module:function, or a taskfleet.jobs entry point",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--range", type=_positive_int, metavar="N", help="items 0..N-1")
     src.add_argument("--items-file", metavar="F", help="one item per line (JSON values or words)")
@@ -361,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_opts(p)
     p.add_argument("--chunk-size", type=_positive_int, default=DEFAULT_CHUNK_SIZE, metavar="C")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    p.add_argument("--timeout", type=_positive_float, metavar="S", help="stop waiting after S seconds")
+    p.add_argument(
+        "--timeout", type=_positive_float, metavar="S", help="stop waiting after S seconds"
+    )
     p.add_argument("--json", action="store_true", help="JSON lines: one per chunk, then a summary")
     p.set_defaults(func=cmd_submit)
 
@@ -369,10 +452,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_master_opts(p)
     _add_client_opts(p)
     p.add_argument("--count", type=_positive_int, required=True, metavar="N")
-    p.add_argument("--expect-workers", type=_positive_int, metavar="K", help="at least K workers must return results")
-    p.add_argument("--expect-hosts", metavar="H1,H2,...", help="each of these hosts must return results")
-    p.add_argument("--chunk-size", type=_positive_int, metavar="C", help="default: sized so every worker takes part")
-    p.add_argument("--timeout", type=_positive_float, default=300.0, metavar="S", help="default 300")
+    p.add_argument(
+        "--expect-workers",
+        type=_positive_int,
+        metavar="K",
+        help="at least K workers must return results",
+    )
+    p.add_argument(
+        "--expect-hosts", metavar="H1,H2,...", help="each of these hosts must return results"
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        metavar="C",
+        help="default: sized so every worker takes part",
+    )
+    p.add_argument(
+        "--timeout", type=_positive_float, default=300.0, metavar="S", help="default 300"
+    )
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     p.set_defaults(func=cmd_smoke)
 
@@ -416,8 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from multiprocessing import util
 
-            util._run_finalizers(0)
-        except Exception:  # best effort: the resource tracker cleans up anyway
+            util._run_finalizers(0)  # type: ignore[attr-defined]
+        except Exception:  # noqa: S110 - best effort: the resource tracker cleans up anyway
             pass
         sys.stdout.flush()
         sys.stderr.flush()

@@ -50,7 +50,9 @@ class Client:
         call_timeout: float = 30.0,
     ) -> None:
         name = f"client-{socket.gethostname()}-{os.getpid()}"
-        self._session = Session(address, authkey, name, timeout=call_timeout, give_up=connect_timeout)
+        self._session = Session(
+            address, authkey, name, timeout=call_timeout, give_up=connect_timeout
+        )
         self._reconnect_for = reconnect_for
         self.duplicates = 0
 

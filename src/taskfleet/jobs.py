@@ -23,7 +23,9 @@ from taskfleet.errors import BadJobArguments, UnknownJob
 
 JobFn = Callable[[Any], Any]
 ENTRY_POINT_GROUP = "taskfleet.jobs"
-_MODULE_FUNCTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_MODULE_FUNCTION = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+)
 
 
 def squares(n: int) -> int:

@@ -67,7 +67,8 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(
                 f"cannot open journal {path}: {exc}",
-                "give a --journal path in a writable directory (containers: the /var/lib/taskfleet volume)",
+                "give a --journal path in a writable directory"
+                " (containers: the /var/lib/taskfleet volume)",
             ) from None
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
@@ -90,25 +91,36 @@ class Journal:
     # -- writes ------------------------------------------------------------
 
     def add_job(self, spec: JobSpec) -> None:
-        items = None if spec.items is None else pickle.dumps(list(spec.items), protocol=pickle.HIGHEST_PROTOCOL)
+        items = (
+            None
+            if spec.items is None
+            else pickle.dumps(list(spec.items), protocol=pickle.HIGHEST_PROTOCOL)
+        )
         with self._wlock, self._w:
             self._w.execute(
-                "INSERT INTO jobs (id, job, chunk_size, start, stop, items, created) VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO jobs (id, job, chunk_size, start, stop, items, created)"
+                " VALUES (?,?,?,?,?,?,?)",
                 (spec.id, spec.job, spec.chunk_size, spec.start, spec.stop, items, spec.created),
             )
 
-    def record_done(self, rows: Sequence[DoneRow], duplicates: dict[str, int] | None = None) -> None:
+    def record_done(
+        self, rows: Sequence[DoneRow], duplicates: dict[str, int] | None = None
+    ) -> None:
         """Commit accepted chunks (and duplicate counters) in one transaction."""
         with self._wlock, self._w:
             self._w.executemany(
                 "INSERT INTO done (job_id, chunk, worker, host, results) VALUES (?,?,?,?,?)", rows
             )
             for job_id, count in (duplicates or {}).items():
-                self._w.execute("UPDATE jobs SET duplicates = duplicates + ? WHERE id = ?", (count, job_id))
+                self._w.execute(
+                    "UPDATE jobs SET duplicates = duplicates + ? WHERE id = ?", (count, job_id)
+                )
 
     def set_state(self, job_id: str, state: str, error: str | None = None) -> None:
         with self._wlock, self._w:
-            self._w.execute("UPDATE jobs SET state = ?, error = ? WHERE id = ?", (state, error, job_id))
+            self._w.execute(
+                "UPDATE jobs SET state = ?, error = ? WHERE id = ?", (state, error, job_id)
+            )
 
     # -- reads -------------------------------------------------------------
 
@@ -144,7 +156,9 @@ class Journal:
                 for (chunk,) in batch:
                     yield chunk
 
-    def fetch(self, job_id: str, after_seq: int, max_items: int, chunk_size: int) -> list[ResultRow]:
+    def fetch(
+        self, job_id: str, after_seq: int, max_items: int, chunk_size: int
+    ) -> list[ResultRow]:
         """Results committed after ``after_seq``, in commit order, about ``max_items`` items."""
         limit = max(1, max_items // max(1, chunk_size))
         with self._rlock:

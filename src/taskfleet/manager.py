@@ -35,19 +35,33 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing import AuthenticationError, managers
 from multiprocessing import connection as mpc
-from multiprocessing import managers
 from multiprocessing.connection import Connection
 from typing import Any
 
 from taskfleet.address import format_hostport
-from taskfleet.errors import AuthkeyRejected, MasterUnreachable, RemoteError, Stopping, TaskfleetError
+from taskfleet.errors import (
+    AuthkeyRejected,
+    MasterUnreachable,
+    RemoteError,
+    Stopping,
+    TaskfleetError,
+)
 
 BOARD_IDENT = "board"  # fixed identity of the board object on every master
 BOARD_TYPEID = "get_board"
 HANDSHAKE_TIMEOUT = 5.0
 MAX_UNAUTHENTICATED = 64
-_PUBLIC = ("create", "accept_connection", "get_methods", "number_of_objects", "dummy", "incref", "decref")
+_PUBLIC = (
+    "create",
+    "accept_connection",
+    "get_methods",
+    "number_of_objects",
+    "dummy",
+    "incref",
+    "decref",
+)
 
 _TRANSPORT_ERRORS = (OSError, EOFError, ConnectionError, struct.error, ValueError)
 
@@ -90,7 +104,7 @@ class BoardManager(managers.BaseManager):
 BoardManager.register(BOARD_TYPEID)
 
 
-class TaskfleetServer(managers.Server):  # type: ignore[misc]
+class TaskfleetServer(managers.Server):
     """A manager server with bounded, logged handshakes. See the module docstring."""
 
     def __init__(
@@ -104,7 +118,7 @@ class TaskfleetServer(managers.Server):  # type: ignore[misc]
         max_unauthenticated: int = MAX_UNAUTHENTICATED,
     ) -> None:
         # The callable is a bound method run in this process: never pickled.
-        registry = {BOARD_TYPEID: (board_factory, exposed, None, None)}
+        registry: dict[str, Any] = {BOARD_TYPEID: (board_factory, exposed, None, None)}
         super().__init__(registry, address, authkey, "pickle")
         self._board_factory = board_factory
         self._exposed = exposed
@@ -113,15 +127,18 @@ class TaskfleetServer(managers.Server):  # type: ignore[misc]
         self._log = log
         self._handshake_timeout = handshake_timeout
         self._unauth = threading.BoundedSemaphore(max_unauthenticated)
-        self._sock: socket.socket = self.listener._listener._socket
+        stock: Any = self  # attributes typeshed does not declare
+        self._key = authkey
+        self._sock: socket.socket = stock.listener._listener._socket
         self._sock.listen(128)
         self._peer = threading.local()
         self._accepter: threading.Thread | None = None
 
     def start(self) -> None:
         """Publish the board under its fixed identity and start accepting."""
-        self.id_to_obj[BOARD_IDENT] = (self._board_factory(), set(self._exposed), None)
-        self.id_to_refcount[BOARD_IDENT] = 1  # never released
+        stock: Any = self
+        stock.id_to_obj[BOARD_IDENT] = (self._board_factory(), set(self._exposed), None)
+        stock.id_to_refcount[BOARD_IDENT] = 1  # never released
         self._accepter = threading.Thread(target=self.accepter, name="accepter", daemon=True)
         self._accepter.start()
 
@@ -169,16 +186,18 @@ class TaskfleetServer(managers.Server):  # type: ignore[misc]
                 sock.close()
                 self._unauth.release()
                 continue
-            threading.Thread(target=self._serve, args=(conn, peer), name=f"conn {peer}", daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(conn, peer), name=f"conn {peer}", daemon=True
+            ).start()
 
     def _serve(self, conn: Connection, peer: str) -> None:
         try:
             try:
-                mpc.deliver_challenge(conn, self.authkey)
-                mpc.answer_challenge(conn, self.authkey)
+                mpc.deliver_challenge(conn, self._key)
+                mpc.answer_challenge(conn, self._key)
                 request = conn.recv()
-                ignore, funcname, args, kwds = request
-            except mpc.AuthenticationError:
+                _, funcname, args, kwds = request
+            except AuthenticationError:
                 self._log.warning("refused %s: wrong authkey", peer)
                 return
             except Exception as exc:  # garbage, timeout, half-open: drop it quietly
@@ -243,10 +262,11 @@ def dial(address: tuple[str, int], authkey: bytes, timeout: float, name: str) ->
         try:
             mpc.answer_challenge(conn, authkey)
             mpc.deliver_challenge(conn, authkey)
-        except mpc.AuthenticationError:
+        except AuthenticationError:
             raise AuthkeyRejected(
                 f"the master at {format_hostport(*address)} refused our authkey",
-                "use the same authkey file as the master (one key per cluster, copied to every host)",
+                "use the same authkey file as the master"
+                " (one key per cluster, copied to every host)",
             ) from None
         conn.send((None, "accept_connection", (name,), {}))
         kind, result = conn.recv()
@@ -316,7 +336,9 @@ class Session:
             return result
         if kind == "#ERROR" and isinstance(result, TaskfleetError):
             raise result
-        raise RemoteError(f"the master failed on {method}: {_short(Exception(result))}", "see the master's log")
+        raise RemoteError(
+            f"the master failed on {method}: {_short(Exception(result))}", "see the master's log"
+        )
 
     def call_once(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """Call on the current connection (used by on_connect hooks); no retry."""
@@ -356,12 +378,18 @@ class Session:
                 if self._log is not None:
                     if was_connected:
                         self._log.warning(
-                            "lost the master at %s during %s (%s); reconnecting", self.where, method, reason
+                            "lost the master at %s during %s (%s); reconnecting",
+                            self.where,
+                            method,
+                            reason,
                         )
                         delay = 0.2  # first retry fast: a restarted master is usually back at once
                     else:
                         self._log.warning(
-                            "master unreachable at %s (%s), retrying in %gs", self.where, reason, delay
+                            "master unreachable at %s (%s), retrying in %gs",
+                            self.where,
+                            reason,
+                            delay,
                         )
                 if self._stop.wait(delay):
                     raise Stopping() from None

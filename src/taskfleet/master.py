@@ -77,7 +77,9 @@ class BoardService:
     def _joined(self, worker: str, host: str, processes: int = 0) -> None:
         if self.board.touch(worker, host, processes):
             extra = f", {processes} processes" if processes else ""
-            self.log.info("worker %s joined (host %s%s, from %s)", worker, host, extra, self._peer() or "?")
+            self.log.info(
+                "worker %s joined (host %s%s, from %s)", worker, host, extra, self._peer() or "?"
+            )
 
     # -- workers -------------------------------------------------------------
 
@@ -115,7 +117,9 @@ class BoardService:
             except Exception as exc:
                 self.board.undo_complete(worker, outcome.accepted)
                 self.log.error("journal write failed, %d chunks will run again: %s", len(rows), exc)
-                raise JournalError(f"the master could not journal results: {exc}", "see the master's log") from None
+                raise JournalError(
+                    f"the master could not journal results: {exc}", "see the master's log"
+                ) from None
         with self._results:
             self._generation += 1
             self._results.notify_all()
@@ -162,7 +166,9 @@ class BoardService:
         if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
             raise BadJobArguments(f"bad job id {job_id!r}", "use letters, digits, - and _")
         if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
-            raise BadJobArguments(f"bad chunk size {chunk_size!r}", f"use 1..{MAX_CHUNK_SIZE} (default 1000)")
+            raise BadJobArguments(
+                f"bad chunk size {chunk_size!r}", f"use 1..{MAX_CHUNK_SIZE} (default 1000)"
+            )
         if items is None:
             if not isinstance(start, int) or not isinstance(stop, int) or stop <= start:
                 raise BadJobArguments(f"bad range [{start}, {stop})", "give --range N with N >= 1")
@@ -178,13 +184,19 @@ class BoardService:
                 self.board.add_job(spec)
                 self._job_started[job_id] = time.monotonic()
                 self.log.info(
-                    "job %s submitted: %s over %d items in %d chunks", job_id, job, spec.n_items, spec.n_chunks
+                    "job %s submitted: %s over %d items in %d chunks",
+                    job_id,
+                    job,
+                    spec.n_items,
+                    spec.n_chunks,
                 )
         return {"id": spec.id, "job": spec.job, "n_items": spec.n_items, "n_chunks": spec.n_chunks}
 
     def job(self, job_id: str) -> tuple[JobSpec, dict[str, Any]]:
         if not self.board.has_job(job_id):
-            raise TaskfleetError(f"no job {job_id!r} on this master", "check the id (taskfleet status lists jobs)")
+            raise TaskfleetError(
+                f"no job {job_id!r} on this master", "check the id (taskfleet status lists jobs)"
+            )
         return self.board.spec(job_id), self.board.job_status(job_id)
 
     def fetch(
@@ -257,7 +269,9 @@ class BoardService:
 def _bind_error(host: str, port: int, exc: OSError) -> BindError:
     where = format_hostport(host, port)
     if isinstance(exc, socket.gaierror):
-        return BindError(f"cannot resolve --bind {host!r}", "use an IP address of this machine or 0.0.0.0")
+        return BindError(
+            f"cannot resolve --bind {host!r}", "use an IP address of this machine or 0.0.0.0"
+        )
     if exc.errno == errno.EADDRINUSE:
         return BindError(
             f"port {port} on {host} is already in use",
@@ -269,7 +283,10 @@ def _bind_error(host: str, port: int, exc: OSError) -> BindError:
             "use one of this host's addresses (ip -brief addr) or 0.0.0.0",
         )
     if exc.errno == errno.EACCES:
-        return BindError(f"cannot bind {where}: permission denied", "use a port above 1023 or run with the right capability")
+        return BindError(
+            f"cannot bind {where}: permission denied",
+            "use a port above 1023 or run with the right capability",
+        )
     return BindError(f"cannot bind {where}: {exc.strerror or exc}", "check --bind and --port")
 
 
@@ -300,7 +317,9 @@ class Master:
         self.board = Board(self.lease_timeout)
         address = format_hostport(self.bind, self.port)
         try:
-            server = TaskfleetServer(self._board_handle, EXPOSED, (self.bind, self.port), self._authkey, self.log)
+            server = TaskfleetServer(
+                self._board_handle, EXPOSED, (self.bind, self.port), self._authkey, self.log
+            )
         except OSError as exc:
             raise _bind_error(self.bind, self.port, exc) from None
         try:
@@ -308,7 +327,9 @@ class Master:
             if path is None:
                 self._tmpdir = tempfile.mkdtemp(prefix="taskfleet-")
                 path = os.path.join(self._tmpdir, "journal.db")
-                self.log.warning("no --journal: jobs live in %s and are lost when the master stops", path)
+                self.log.warning(
+                    "no --journal: jobs live in %s and are lost when the master stops", path
+                )
             journal = Journal(path)
             service = BoardService(self.board, journal, self.log, address)
             service.server = server

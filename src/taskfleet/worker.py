@@ -103,7 +103,9 @@ class Worker:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"{time.time():.3f} {self.name}\n")
         except OSError as exc:
-            self.log.warning("cannot write heartbeat file %s: %s", self.heartbeat_file, exc.strerror)
+            self.log.warning(
+                "cannot write heartbeat file %s: %s", self.heartbeat_file, exc.strerror
+            )
 
     def _heartbeats(self) -> None:
         # The deadline is this thread's way to notice a hung master: a
@@ -272,7 +274,7 @@ def _kill_pool(pool: cf.ProcessPoolExecutor) -> None:
     for proc in procs.values():
         try:
             proc.terminate()
-        except Exception:  # already gone
+        except Exception:  # noqa: S110 - already gone is fine
             pass
     for proc in procs.values():
         proc.join(timeout=1.0)
