@@ -34,8 +34,8 @@ FAB = Path(sys.executable).parent / "fab"
 CLIENT = "taskfleet-e2e-fabric-client"
 AUTHKEY_MOUNT = ("type=bind,source=/etc/taskfleet/authkey,"
                  "target=/run/secrets/taskfleet_authkey,readonly")
-#: Items in the "long" jobs: long enough to span a scale up and down / a rolling restart here.
-LONG_JOB = 3_000_000
+#: Small chunks make a job of modest size last: many leases, heartbeats and journal writes.
+CHUNK = 20
 
 
 def fab(lab: Lab, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -112,7 +112,7 @@ class LongJob:
     """A squares smoke run by a one-off client container on ``host`` (outside the master
     container, so it survives the master's restart and reconnects by itself)."""
 
-    def __init__(self, lab: Lab, host: str, count: int) -> None:
+    def __init__(self, lab: Lab, host: str, count: int, chunk_size: int = CHUNK) -> None:
         self.lab, self.host, self.count = lab, host, count
         image = inner(lab, host, "docker", "inspect", "-f", "{{.Config.Image}}",
                       "taskfleet-worker-1").strip()
@@ -121,7 +121,8 @@ class LongJob:
             ["docker", "exec", lab.container(host), "docker", "run", "--rm", "--name", CLIENT,
              "--label", "io.taskfleet.e2e=fabric", "--network", "host", "--mount", AUTHKEY_MOUNT,
              image, "smoke", "--master", master_address(lab), "--authkey-file",
-             "/run/secrets/taskfleet_authkey", "--count", str(count), "--timeout", "900",
+             "/run/secrets/taskfleet_authkey", "--count", str(count), "--chunk-size",
+             str(chunk_size), "--timeout", "900",
              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.started = time.monotonic()
 
@@ -186,6 +187,24 @@ def long_job_host(cluster: Lab) -> Iterator[str]:
                    capture_output=True, timeout=60, check=False)
 
 
+@pytest.fixture(scope="module")
+def items_per_s(cluster: Lab) -> float:
+    """This lab's speed for CHUNK-sized chunks, so "long" jobs last long on any machine."""
+    host = cluster.workers[-1]
+    job = LongJob(cluster, host, 20_000)
+    try:
+        report = job.report(timeout=300)
+    finally:
+        job.kill()
+    assert_exactly_once(report, 20_000)
+    return float(report["items_per_s"])
+
+
+def long_job_size(items_per_s: float, seconds: float) -> int:
+    """Items that keep the full cluster busy for ``seconds`` (bounded both ways)."""
+    return max(50_000, min(5_000_000, int(items_per_s * seconds)))
+
+
 # --- status, logs, smoke ------------------------------------------------------------------
 
 
@@ -238,10 +257,11 @@ def test_fabric_smoke_uses_every_worker_host(cluster: Lab) -> None:
 # --- scale and restart under load -------------------------------------------------------
 
 
-def test_scale_up_and_down_during_a_long_job_loses_nothing(cluster: Lab,
-                                                           long_job_host: str) -> None:
+def test_scale_up_and_down_during_a_long_job_loses_nothing(
+        cluster: Lab, long_job_host: str, items_per_s: float) -> None:
     per_host = deployed_per_host(cluster)
-    job = LongJob(cluster, long_job_host, LONG_JOB)
+    count = long_job_size(items_per_s, 60)
+    job = LongJob(cluster, long_job_host, count)
     try:
         job.wait_running()
 
@@ -253,14 +273,14 @@ def test_scale_up_and_down_during_a_long_job_loses_nothing(cluster: Lab,
         # the clones really work: the master hears four workers from every host
         wait_for("4 workers per host in the master's view",
                  lambda: fresh_per_host(master_view(cluster)) == {h: 4 for h in cluster.workers})
-        assert job.still_running(), "the job ended before the scale-down: make LONG_JOB larger"
+        assert job.still_running(), "the job ended before the scale-down: make it longer"
 
         down = fab(cluster, "scale", "1")
         assert down.returncode == 0, down.stdout + down.stderr
         for host in cluster.workers:
             assert running_workers(cluster, host) == ["taskfleet-worker-1"]
 
-        assert_exactly_once(job.report(), LONG_JOB)
+        assert_exactly_once(job.report(), count)
     finally:
         job.kill()
 
@@ -275,13 +295,16 @@ def test_scale_up_and_down_during_a_long_job_loses_nothing(cluster: Lab,
     assert back.returncode == 0, back.stdout + back.stderr
 
 
-def test_rolling_restart_during_a_job_loses_nothing(cluster: Lab, long_job_host: str) -> None:
+def test_rolling_restart_during_a_job_loses_nothing(
+        cluster: Lab, long_job_host: str, items_per_s: float) -> None:
     per_host = deployed_per_host(cluster)
     before = {h: inner(cluster, h, "docker", "inspect", "-f", "{{.State.StartedAt}}",
                        "taskfleet-worker-1").strip() for h in cluster.workers}
     before["master"] = inner(cluster, "master", "docker", "inspect", "-f",
                              "{{.State.StartedAt}}", "taskfleet-master").strip()
-    job = LongJob(cluster, long_job_host, LONG_JOB)
+    # The roll takes about 20 s per host (drain, start, healthcheck, master sees them).
+    count = long_job_size(items_per_s, 20 * (len(cluster.workers) + 1))
+    job = LongJob(cluster, long_job_host, count)
     try:
         job.wait_running()
         result = fab(cluster, "restart", timeout=900)
@@ -290,7 +313,7 @@ def test_rolling_restart_during_a_job_loses_nothing(cluster: Lab, long_job_host:
         order = [line.split(":")[0] for line in result.stdout.splitlines()
                  if line.endswith(": restarted")]
         assert order == cluster.workers
-        assert_exactly_once(job.report(), LONG_JOB)
+        assert_exactly_once(job.report(), count)
     finally:
         job.kill()
     # every container really restarted, and all are back
