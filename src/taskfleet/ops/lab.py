@@ -287,7 +287,7 @@ def render_inventory(cfg: LabConfig) -> str:
         f"({cfg.subnet}) — do not edit;\n"
         "# it is rewritten by every `make lab`. Settings belong in group_vars/.\n"
     )
-    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return header + str(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
 def apt_proxy_conf(cfg: LabConfig) -> str:
@@ -627,8 +627,10 @@ class LabInfo:
 
 
 def _host_containers(client: docker.DockerClient, cfg: LabConfig) -> list[Any]:
-    return client.containers.list(
-        all=True, filters={"label": [f"{LABEL_LAB}={cfg.name}", f"{LABEL_ROLE}={ROLE_HOST}"]}
+    return list(
+        client.containers.list(
+            all=True, filters={"label": [f"{LABEL_LAB}={cfg.name}", f"{LABEL_ROLE}={ROLE_HOST}"]}
+        )
     )
 
 
@@ -677,6 +679,9 @@ def _start_host(
         # SIGHUP makes the listening sshd re-exec and load the new host key.
         box.exec_run(["sh", "-c", "kill -HUP $(cat /run/sshd.pid)"])
         return box.id, "kept (keys refreshed)"
+    if box.attrs["Image"] != client.images.get(image).id:
+        # Replacing a running machine would throw away what was deployed on it.
+        return box.id, "kept (older lab image: make lab-down && make lab to refresh)"
     return box.id, "kept"
 
 
