@@ -362,7 +362,10 @@ class Session:
             try:
                 if self._conn is None:
                     self._connect()
-                return self._raw_call(method, args, call_timeout)
+                result = self._raw_call(method, args, call_timeout)
+                if failing_since is not None and self._log is not None:
+                    self._log.info("the master at %s answers again", self.where)
+                return result
             except _TRANSPORT_ERRORS as exc:
                 was_connected = self._conn is not None
                 self.close()

@@ -1,0 +1,174 @@
+"""Real processes on 127.0.0.1: a master, workers and CLI calls per test.
+
+Every process runs in its own session (process group) so teardown can kill
+it *and its pool children* by its PID, whatever the test did to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLEET_")}
+    # Test-only job functions live in tests/integration/testjobs.py.
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Proc:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str]) -> None:
+        self.argv = argv
+        self.log = log
+        self._fh = open(log, "wb")  # noqa: SIM115 - closed in kill()
+        self.popen = subprocess.Popen(
+            argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self.pid = self.popen.pid
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while time.monotonic() < deadline:
+            m = rx.search(self.text())
+            if m:
+                return m
+            if self.popen.poll() is not None:
+                m = rx.search(self.text())
+                if m:
+                    return m
+                raise AssertionError(f"{self.argv[3:5]} exited {self.popen.returncode}: {self.text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no /{pattern}/ within {timeout}s in {self.log.name}:\n{self.text()}")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGCONT)
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        else:
+            try:  # pool children may outlive their worker
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.popen.wait(timeout=10)
+        self._fh.close()
+
+
+class Cluster:
+    """Starts taskfleet processes for one test and kills them all afterwards."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.key = tmp / "authkey"
+        self.env = cli_env()
+        self.procs: list[Proc] = []
+        r = self.run("keygen", str(self.key))
+        assert r.returncode == 0, r.stderr
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "taskfleet.cli", *args]
+
+    def spawn(self, logname: str, *args: str) -> Proc:
+        proc = Proc(self.argv(*args), self.tmp / f"{logname}.log", self.env)
+        self.procs.append(proc)
+        return proc
+
+    def master(self, *extra: str, journal: Path | None = None, name: str = "master") -> Proc:
+        args = ["master", "--bind", "127.0.0.1", "--port", str(self.port), "--authkey-file", str(self.key)]
+        if journal is not None:
+            args += ["--journal", str(journal)]
+        proc = self.spawn(name, *args, *extra)
+        proc.wait_for("listening on")
+        return proc
+
+    def worker(self, name: str, *extra: str, wait: bool = True) -> Proc:
+        proc = self.spawn(
+            name,
+            "worker", "--master", self.address, "--authkey-file", str(self.key),
+            "--name", name, "--processes", "1", *extra,
+        )  # fmt: skip
+        if wait:
+            proc.wait_for(f"worker {name} connected")
+        return proc
+
+    def client_args(self, command: str, *args: str) -> list[str]:
+        return [command, *args, "--master", self.address, "--authkey-file", str(self.key)]
+
+    def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args), capture_output=True, text=True, env=self.env, timeout=timeout, check=False
+        )
+
+    def client(self, command: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return self.run(*self.client_args(command, *args), timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        r = self.client("status", "--json")
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout))
+
+    def wait_status(self, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if predicate(st) or time.monotonic() > deadline:
+                return st
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def parse_submit_json(stdout: str) -> tuple[dict[int, tuple[list[Any], list[Any]]], dict[str, Any], int]:
+    """Per-chunk lines of ``submit --json`` → {chunk: (items, results)}, summary, repeated chunks."""
+    lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    summary = lines[-1]
+    chunks: dict[int, tuple[list[Any], list[Any]]] = {}
+    repeats = 0
+    for line in lines[:-1]:
+        if line["chunk"] in chunks:
+            repeats += 1
+        chunks[line["chunk"]] = (line["items"], line["results"])
+    return chunks, summary, repeats
