@@ -385,6 +385,14 @@ def ensure_image(client: docker.DockerClient, kind: str, base: str, log: Log) ->
         tail.extend(str(chunk.get("stream", "")).strip().splitlines())
         del tail[:-20]
     log(f"   image {tag}: built in {time.monotonic() - started:.0f} s")
+    # Older builds of this image are dead weight; the engine refuses (and we skip)
+    # any that a container, e.g. a kept lab host, still uses.
+    for old in client.images.list(name=f"taskfleet-{kind}"):
+        for old_tag in old.tags:
+            if old_tag != tag:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(old_tag)
+                    log(f"   image {old_tag}: removed (superseded)")
     return tag
 
 
@@ -702,8 +710,11 @@ def _up(cfg: LabConfig, log: Log) -> LabInfo:
         f"==> lab {cfg.name}: {cfg.network} {cfg.subnet}, master + {cfg.workers} workers + outsider"
     )
     base = resolve_base(client, log)
-    labhost = ensure_image(client, "labhost", base, log)
-    aptcache = ensure_image(client, "aptcache", base, log) if cfg.apt_cache else None
+    kinds = ["labhost", "aptcache"] if cfg.apt_cache else ["labhost"]
+    # Both builds mostly wait on the mirror: run them side by side.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        built = list(pool.map(lambda kind: ensure_image(client, kind, base, log), kinds))
+    labhost, aptcache = built[0], (built[1] if cfg.apt_cache else None)
     ensure_network(client, cfg, log)
     proxy = ensure_aptcache(client, cfg, aptcache, log) if aptcache else False
     host_keys = ensure_keys(cfg)
