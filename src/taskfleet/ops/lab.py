@@ -755,6 +755,7 @@ def _up(cfg: LabConfig, log: Log) -> LabInfo:
             f"see docker logs {cfg.container(late[0])}"
         )
     _write_atomic(cfg.hosts_file, render_inventory(cfg))
+    _link_group_vars(cfg, log)
     rel = _display(cfg.hosts_file)
     log(f"==> lab {cfg.name} ready in {time.monotonic() - started:.0f} s: {rel}, "
         f"{_display(cfg.known_hosts)}, key {_display(cfg.key)}")  # fmt: skip
@@ -762,6 +763,21 @@ def _up(cfg: LabConfig, log: Log) -> LabInfo:
         cfg.name, cfg.network, str(cfg.subnet), cfg.inventory_dir,
         {s.name: s.ip for s in cfg.hosts()}, cfg.key, cfg.known_hosts, containers,
     )  # fmt: skip
+
+
+def _link_group_vars(cfg: LabConfig, log: Log) -> None:
+    """A lab with its own inventory folder deploys with the local lab's settings.
+
+    Only when that folder has no group_vars of its own (a symlink, so edits to
+    inventory/local/group_vars apply to every lab).
+    """
+    local_vars = REPO / DEFAULT_INVENTORY / "group_vars"
+    link = cfg.inventory_dir / "group_vars"
+    if cfg.inventory_dir == REPO / DEFAULT_INVENTORY or link.exists() or link.is_symlink():
+        return
+    if local_vars.is_dir():
+        link.symlink_to(local_vars)
+        log(f"   {_display(link)} -> {_display(local_vars)}")
 
 
 def _display(path: Path) -> str:
