@@ -139,7 +139,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     processes = args.processes or len(os.sched_getaffinity(0)) or 1
     log.setup()
     worker = Worker(address, key, name, host, processes, args.heartbeat_file, log.get("worker"))
-    return worker.run()
+    try:
+        code = worker.run()
+    except TaskfleetError as exc:
+        print(f"taskfleet: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    _hard_exit(code)
+
+
+def _hard_exit(code: int) -> NoReturn:
+    """Leave without interpreter teardown: no atexit hook may wait on a dead
+    master or a stuck pool. The pool's named semaphores are unlinked first
+    (finalizers with priority >= 0 only do that; none of them blocks)."""
+    try:
+        from multiprocessing import util
+
+        util._run_finalizers(0)  # type: ignore[attr-defined]
+    except Exception:  # noqa: S110 - best effort: the resource tracker cleans up anyway
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _read_items(path: str) -> list[Any]:
@@ -493,10 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    command = None
     try:
         args = build_parser().parse_args(argv)
-        command = args.command
         code = int(args.func(args))
     except TaskfleetError as exc:
         sys.stdout.flush()
@@ -506,19 +524,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 130
     except BrokenPipeError:  # e.g. `taskfleet submit … | head`
         code = 1
-    if command == "worker":
-        # Skip interpreter teardown: no atexit hook may wait on a dead master
-        # or a stuck pool. Unlink the pool's named semaphores first (the
-        # finalizers with priority >= 0 do only that; none of them blocks).
-        try:
-            from multiprocessing import util
-
-            util._run_finalizers(0)  # type: ignore[attr-defined]
-        except Exception:  # noqa: S110 - best effort: the resource tracker cleans up anyway
-            pass
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
     return code
 
 

@@ -61,7 +61,9 @@ class Proc:
                 m = rx.search(self.text())
                 if m:
                     return m
-                raise AssertionError(f"{self.argv[3:5]} exited {self.popen.returncode}: {self.text()}")
+                raise AssertionError(
+                    f"{self.argv[3:5]} exited {self.popen.returncode}: {self.text()}"
+                )
             time.sleep(0.05)
         raise AssertionError(f"no /{pattern}/ within {timeout}s in {self.log.name}:\n{self.text()}")
 
@@ -106,7 +108,15 @@ class Cluster:
         return proc
 
     def master(self, *extra: str, journal: Path | None = None, name: str = "master") -> Proc:
-        args = ["master", "--bind", "127.0.0.1", "--port", str(self.port), "--authkey-file", str(self.key)]
+        args = [
+            "master",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--authkey-file",
+            str(self.key),
+        ]
         if journal is not None:
             args += ["--journal", str(journal)]
         proc = self.spawn(name, *args, *extra)
@@ -128,10 +138,17 @@ class Cluster:
 
     def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.argv(*args), capture_output=True, text=True, env=self.env, timeout=timeout, check=False
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
         )
 
-    def client(self, command: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def client(
+        self, command: str, *args: str, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(*self.client_args(command, *args), timeout=timeout)
 
     def status(self) -> dict[str, Any]:
@@ -161,7 +178,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.close()
 
 
-def parse_submit_json(stdout: str) -> tuple[dict[int, tuple[list[Any], list[Any]]], dict[str, Any], int]:
+def parse_submit_json(
+    stdout: str,
+) -> tuple[dict[int, tuple[list[Any], list[Any]]], dict[str, Any], int]:
     """Per-chunk lines of ``submit --json`` → {chunk: (items, results)}, summary, repeated chunks."""
     lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     summary = lines[-1]

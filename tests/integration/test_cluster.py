@@ -30,12 +30,24 @@ def test_smoke_squares_100k_with_two_workers(cluster: Cluster) -> None:
     cluster.worker("w1", "--host-label", "hostA")
     cluster.worker("w2", "--host-label", "hostB")
     r = cluster.client(
-        "smoke", "--count", "100000", "--expect-workers", "2", "--expect-hosts", "hostA,hostB", "--json"
+        "smoke",
+        "--count",
+        "100000",
+        "--expect-workers",
+        "2",
+        "--expect-hosts",
+        "hostA,hostB",
+        "--json",
     )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.splitlines()[-1])
     assert report["ok"] is True
-    assert (report["count"], report["verified"], report["missing"], report["wrong"]) == (100000, 100000, 0, 0)
+    assert (report["count"], report["verified"], report["missing"], report["wrong"]) == (
+        100000,
+        100000,
+        0,
+        0,
+    )
     assert report["duplicates"] == 0
     assert set(report["workers"]) == {"w1", "w2"}
     assert set(report["hosts"]) == {"hostA", "hostB"}
@@ -46,14 +58,18 @@ def test_smoke_squares_100k_with_two_workers(cluster: Cluster) -> None:
 def test_smoke_fails_when_expectations_are_not_met(cluster: Cluster) -> None:
     cluster.master()
     cluster.worker("w1", "--host-label", "hostA")
-    r = cluster.client("smoke", "--count", "2000", "--expect-workers", "2", "--timeout", "6", "--json")
+    r = cluster.client(
+        "smoke", "--count", "2000", "--expect-workers", "2", "--timeout", "6", "--json"
+    )
     assert r.returncode == 1
     report = json.loads(r.stdout.splitlines()[-1])
     assert report["ok"] is False and report["verified"] == 2000
     assert "1 workers returned results, expected at least 2" in report["errors"]
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("taskfleet: error: smoke failed")
 
-    r = cluster.client("smoke", "--count", "2000", "--expect-hosts", "hostA,hostZ", "--timeout", "6", "--json")
+    r = cluster.client(
+        "smoke", "--count", "2000", "--expect-hosts", "hostA,hostZ", "--timeout", "6", "--json"
+    )
     assert r.returncode == 1
     report = json.loads(r.stdout.splitlines()[-1])
     assert report["hosts"] == {"hostA": 2000}
@@ -87,7 +103,9 @@ def test_worker_kill9_mid_job_loses_nothing(cluster: Cluster) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env,
     )  # fmt: skip
     try:
-        cluster.wait_status(lambda st: any(w["name"] == "w1" and w["chunks_done"] >= 2 for w in st["workers"]))
+        cluster.wait_status(
+            lambda st: any(w["name"] == "w1" and w["chunks_done"] >= 2 for w in st["workers"])
+        )
         w1.signal(signal.SIGKILL)
         out, err = sub.communicate(timeout=90)
     finally:
@@ -115,7 +133,9 @@ def test_master_kill9_and_restart_resumes_every_job(cluster: Cluster, tmp_path: 
         master.popen.wait(timeout=5)
         time.sleep(1.0)  # workers and the client notice and start retrying
         restarted = cluster.master("--lease-timeout", "3", journal=journal, name="master2")
-        restarted.wait_for(r"resumed job \w+ \(tests.integration.testjobs:slow_square\): \d+/60 chunks done")
+        restarted.wait_for(
+            r"resumed job \w+ \(tests.integration.testjobs:slow_square\): \d+/60 chunks done"
+        )
         out, err = sub.communicate(timeout=90)
     finally:
         sub.kill()
@@ -132,7 +152,9 @@ def test_sigstopped_master_is_detected_by_worker(cluster: Cluster) -> None:
     master.signal(signal.SIGSTOP)
     t0 = time.monotonic()
     try:
-        worker.wait_for(r"(lost the master|master unreachable) at 127.0.0.1:\d+.*no answer in time", timeout=15)
+        worker.wait_for(
+            r"(lost the master|master unreachable) at 127.0.0.1:\d+.*no answer in time", timeout=15
+        )
     finally:
         master.signal(signal.SIGCONT)
     assert time.monotonic() - t0 < 15
@@ -170,7 +192,14 @@ def test_wrong_authkey_is_reported_on_both_sides(cluster: Cluster, tmp_path: Pat
     other = tmp_path / "other-key"
     assert cluster.run("keygen", str(other)).returncode == 0
     r = cluster.run(
-        "worker", "--master", cluster.address, "--authkey-file", str(other), "--processes", "1", timeout=30
+        "worker",
+        "--master",
+        cluster.address,
+        "--authkey-file",
+        str(other),
+        "--processes",
+        "1",
+        timeout=30,
     )
     assert r.returncode != 0
     assert f"taskfleet: error: the master at {cluster.address} refused our authkey" in r.stderr
@@ -205,7 +234,9 @@ def test_idle_connections_and_garbage_do_not_stop_a_job(cluster: Cluster) -> Non
 def test_failed_job_function_fails_the_job_with_one_line(cluster: Cluster) -> None:
     cluster.master()
     cluster.worker("w1")
-    r = cluster.client("submit", "tests.integration.testjobs:explode", "--range", "20", "--chunk-size", "5")
+    r = cluster.client(
+        "submit", "tests.integration.testjobs:explode", "--range", "20", "--chunk-size", "5"
+    )
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("taskfleet: error: job ") and "seven is not allowed" in last
@@ -224,3 +255,43 @@ def test_healthchecks(cluster: Cluster, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     r = cluster.run("healthcheck", "worker", "--heartbeat-file", str(tmp_path / "nope"))
     assert r.returncode == 1 and r.stderr.startswith("taskfleet: error: heartbeat file")
+
+
+def test_submit_refuses_unknown_jobs_and_bad_items(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.master()
+    r = cluster.client("submit", "nosuchjob", "--range", "10")
+    assert r.returncode == 2
+    assert r.stderr == (
+        "taskfleet: error: unknown job 'nosuchjob' — use one of: squares, or package.module:function\n"
+    )
+    items = tmp_path / "items.txt"
+    items.write_text("1\n2\nthree\n")
+    r = cluster.client("submit", "squares", "--items-file", str(items))
+    assert r.returncode == 2
+    assert r.stderr == (
+        "taskfleet: error: squares: item 3 ('three') is not a number"
+        " — give squares integers, one per line in the items file\n"
+    )
+    assert cluster.status()["jobs"] == [], "nothing was created"
+
+
+def test_items_file_job_returns_results_in_items(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.master()
+    cluster.worker("w1")
+    items = tmp_path / "items.txt"
+    items.write_text("\n".join(str(x) for x in [5, -3, 12, 7]) + "\n")
+    r = cluster.client("submit", "squares", "--items-file", str(items), "--chunk-size", "3")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == sorted(["5\t25", "-3\t9", "12\t144", "7\t49"])
+
+
+def test_worker_keeps_retrying_while_the_master_is_down(cluster: Cluster) -> None:
+    worker = cluster.worker("w1", wait=False)
+    worker.wait_for(
+        rf"master unreachable at {cluster.address} \(connection refused\), retrying in 1s"
+    )
+    assert worker.popen.poll() is None
+    cluster.master()
+    worker.wait_for("worker w1 connected", timeout=20)
+    r = cluster.client("smoke", "--count", "3000", "--json")
+    assert r.returncode == 0, r.stderr

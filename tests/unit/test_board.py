@@ -1,0 +1,183 @@
+"""The board as a state machine, driven by a hand-held clock."""
+
+from __future__ import annotations
+
+import threading
+import tracemalloc
+
+import pytest
+
+from taskfleet.board import Board, JobSpec
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def range_job(job_id: str = "j1", n: int = 10_000, chunk: int = 1000) -> JobSpec:
+    return JobSpec(job_id, "squares", chunk, 0, n)
+
+
+def test_range_job_is_split_into_chunks_of_chunk_size() -> None:
+    spec = range_job(n=2500, chunk=1000)
+    assert spec.n_chunks == 3
+    assert [spec.payload(i) for i in range(3)] == [
+        ("range", 0, 1000),
+        ("range", 1000, 2000),
+        ("range", 2000, 2500),
+    ]
+    assert list(spec.chunk_items(2)) == list(range(2000, 2500))
+
+
+def test_items_job_chunks_carry_their_items() -> None:
+    spec = JobSpec("j", "squares", 2, items=[5, 6, 7])
+    assert spec.n_chunks == 2
+    assert spec.payload(0) == ("items", [5, 6])
+    assert spec.payload(1) == ("items", [7])
+
+
+def test_one_lease_call_hands_out_several_chunks(clock: Clock) -> None:
+    board = Board(10, clock)
+    board.add_job(range_job(n=10_000))
+    leases = board.lease("w1", 4)
+    assert [(job, idx) for job, idx, _, _ in leases] == [("j1", 0), ("j1", 1), ("j1", 2), ("j1", 3)]
+    assert leases[0][2:] == ("squares", ("range", 0, 1000))
+    st = board.job_status("j1")
+    assert st["chunks"] == {"pending": 6, "leased": 4, "done": 0}
+
+
+def test_lease_spans_jobs_oldest_first_and_stops_when_empty(clock: Clock) -> None:
+    board = Board(10, clock)
+    board.add_job(range_job("a", n=2000))
+    board.add_job(range_job("b", n=1000))
+    assert [(j, i) for j, i, _, _ in board.lease("w1", 5)] == [("a", 0), ("a", 1), ("b", 0)]
+    assert board.lease("w1", 5) == []
+
+
+def test_lease_expires_and_chunk_returns_to_pending(clock: Clock) -> None:
+    board = Board(10, clock)
+    board.add_job(range_job(n=3000))
+    board.lease("w1", 2)
+    clock.now += 10.5
+    report = board.reap()
+    assert report.requeued == {"w1": 2}
+    assert report.gone == ["w1"]
+    assert board.job_status("j1")["chunks"] == {"pending": 3, "leased": 0, "done": 0}
+    # requeued chunks come back first
+    assert [i for _, i, _, _ in board.lease("w2", 3)] == [0, 1, 2]
+
+
+def test_heartbeat_extends_only_the_leases_the_worker_holds(clock: Clock) -> None:
+    board = Board(10, clock)
+    board.add_job(range_job(n=3000))
+    board.lease("w1", 2)
+    clock.now += 8
+    board.heartbeat("w1", [("j1", 0)])  # the reply carrying chunk 1 was lost
+    clock.now += 8  # 16 s after the lease, 8 s after the heartbeat
+    report = board.reap()
+    assert report.requeued == {"w1": 1}
+    st = board.job_status("j1")
+    assert st["chunks"] == {"pending": 2, "leased": 1, "done": 0}
+
+
+def test_duplicates_are_dropped_and_counted(clock: Clock) -> None:
+    board = Board(10, clock)
+    board.add_job(range_job(n=2000))
+    board.lease("w1", 2)
+    first = board.complete("w1", [("j1", 0)])
+    assert first.accepted == [("j1", 0)] and first.duplicates == 0
+    again = board.complete("w2", [("j1", 0), ("j1", 1)])
+    assert again.accepted == [("j1", 1)] and again.duplicates == 1
+    assert again.finished_jobs == ["j1"]
+    st = board.job_status("j1")
+    assert st["duplicates"] == 1 and st["state"] == "done" and st["items_done"] == 2000
+
+
+def test_late_completion_of_an_expired_lease_is_accepted_once(clock: Clock) -> None:
+    board = Board(5, clock)
+    board.add_job(range_job(n=1000))
+    board.lease("w1", 1)
+    clock.now += 6
+    board.reap()
+    assert [i for _, i, _, _ in board.lease("w2", 1)] == [0]
+    assert board.complete("w1", [("j1", 0)]).accepted == [("j1", 0)]
+    assert board.complete("w2", [("j1", 0)]).duplicates == 1
+    assert board.job_status("j1")["chunks"] == {"pending": 0, "leased": 0, "done": 1}
+
+
+def test_release_gives_chunks_back(clock: Clock) -> None:
+    board = Board(10, clock)
+    board.add_job(range_job(n=3000))
+    board.lease("w1", 3)
+    assert board.release("w1", [("j1", 1), ("j1", 2)]) == 2
+    assert board.release("w2", [("j1", 0)]) == 0  # not w2's to give
+    assert board.job_status("j1")["chunks"] == {"pending": 2, "leased": 1, "done": 0}
+
+
+def test_resume_skips_done_chunks_and_adopts_held_ones(clock: Clock) -> None:
+    board = Board(10, clock)
+    board.add_job(range_job(n=6000), done=[0, 2])
+    assert board.job_status("j1")["chunks"] == {"pending": 4, "leased": 0, "done": 2}
+    # after a master restart a worker reports a chunk it still runs
+    board.heartbeat("w1", [("j1", 4)])
+    assert board.job_status("j1")["chunks"] == {"pending": 3, "leased": 1, "done": 2}
+    assert [i for _, i, _, _ in board.lease("w2", 10)] == [1, 3, 5]
+    assert board.complete("w1", [("j1", 4)]).accepted == [("j1", 4)]
+    assert board.job_status("j1")["chunks"] == {"pending": 0, "leased": 3, "done": 3}
+
+
+def test_undo_complete_makes_the_chunk_pending_again(clock: Clock) -> None:
+    board = Board(10, clock)
+    board.add_job(range_job(n=1000))
+    board.lease("w1", 1)
+    outcome = board.complete("w1", [("j1", 0)])
+    board.undo_complete("w1", outcome.accepted)
+    st = board.job_status("j1")
+    assert st["state"] == "running" and st["chunks"] == {"pending": 1, "leased": 0, "done": 0}
+
+
+def test_a_hundred_million_item_range_job_stays_small(clock: Clock) -> None:
+    board = Board(10, clock)
+    tracemalloc.start()
+    try:
+        board.add_job(range_job("big", n=100_000_000, chunk=1000))
+        leases = board.lease("w1", 8)
+        size, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(leases) == 8 and leases[-1][3] == ("range", 7000, 8000)
+    assert peak < 1_000_000, f"peak {peak} bytes"
+    assert board.job_status("big")["chunks"]["pending"] == 100_000 - 8
+
+
+def test_waiting_lease_wakes_when_a_job_arrives() -> None:
+    board = Board(10)
+    got: list[int] = []
+    t = threading.Thread(
+        target=lambda: got.extend(i for _, i, _, _ in board.lease("w1", 2, wait=5))
+    )
+    t.start()
+    board.add_job(range_job(n=5000))
+    t.join(timeout=5)
+    assert got == [0, 1]
+
+
+def test_status_lists_only_workers_seen_within_the_lease_timeout(clock: Clock) -> None:
+    board = Board(10, clock)
+    board.touch("w1", "hostA")
+    clock.now += 5
+    board.touch("w2", "hostB")
+    assert [w["name"] for w in board.status()["workers"]] == ["w1", "w2"]
+    clock.now += 6
+    assert [w["name"] for w in board.status()["workers"]] == ["w2"]
+    board.forget_worker("w2")
+    assert board.status()["workers"] == []
