@@ -1,0 +1,289 @@
+"""Throughput benchmark: the seed design vs taskfleet vs multiprocessing.Pool.map.
+
+Run with ``make bench`` (or ``python bench/throughput.py [--items N]``). All
+figures come from this one run on this machine, on loopback:
+
+  (a) seed    — the classic pattern: a BaseManager serving a task queue and a
+                result queue, 2 worker processes doing one get() and one put()
+                per item (measured on a smaller count: it is slow);
+  (b) taskfleet — master + one worker with 2 pool processes (the deployed
+                shape: one worker per host, one process per core), squares
+                over range(N) submitted and streamed back by a client;
+  (c) Pool.map — multiprocessing.Pool(2).map on the same machine: the
+                one-machine ceiling.
+
+Then: a chunk-size sweep (a Nagle/delayed-ACK cliff would show as a collapse
+at sizes whose messages exceed 16 KB), and the master's peak RSS while it
+serves a 100,000,000-item range job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.managers import BaseManager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from taskfleet import authkey  # noqa: E402
+from taskfleet.client import Client  # noqa: E402
+from taskfleet.jobs import squares  # noqa: E402
+
+SEED_KEY = b"seed-benchmark-key"
+
+
+# -- (a) the seed design ----------------------------------------------------------------
+
+_task_q: queue.Queue[Any] = queue.Queue()
+_result_q: queue.Queue[Any] = queue.Queue()
+
+
+def _get_task_queue() -> queue.Queue[Any]:
+    return _task_q
+
+
+def _get_result_queue() -> queue.Queue[Any]:
+    return _result_q
+
+
+class SeedManager(BaseManager):
+    pass
+
+
+def _seed_worker(address: tuple[str, int], n_stop: int) -> None:
+    class M(BaseManager):
+        pass
+
+    M.register("get_task_queue")
+    M.register("get_result_queue")
+    m = M(address=address, authkey=SEED_KEY)
+    m.connect()
+    tasks, results = m.get_task_queue(), m.get_result_queue()  # type: ignore[attr-defined]
+    while True:
+        n = tasks.get()
+        if n is None:
+            break
+        results.put(n * n)
+
+
+def bench_seed(n: int) -> float:
+    """The seed's per-item get/put; server in a child process as in the seed (start())."""
+    SeedManager.register("get_task_queue", callable=_get_task_queue)
+    SeedManager.register("get_result_queue", callable=_get_result_queue)
+    ctx = multiprocessing.get_context("fork")  # the seed's module-level callables need fork
+    m = SeedManager(address=("127.0.0.1", 0), authkey=SEED_KEY, ctx=ctx)
+    m.start()
+    tasks, results = m.get_task_queue(), m.get_result_queue()  # type: ignore[attr-defined]
+    workers = [ctx.Process(target=_seed_worker, args=(m.address, n)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)  # let the workers connect
+    t0 = time.perf_counter()
+    for i in range(n):
+        tasks.put(i)
+    total = 0
+    for _ in range(n):
+        total += results.get(timeout=60)
+    seconds = time.perf_counter() - t0
+    assert total == sum(i * i for i in range(n))
+    for _ in workers:
+        tasks.put(None)
+    for w in workers:
+        w.join(timeout=10)
+    m.shutdown()
+    return n / seconds
+
+
+# -- (c) Pool.map --------------------------------------------------------------------------
+
+
+def bench_pool(n: int) -> float:
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(squares, range(1000))  # warm
+        t0 = time.perf_counter()
+        out = pool.map(squares, range(n))
+        seconds = time.perf_counter() - t0
+    assert len(out) == n and out[-1] == (n - 1) ** 2
+    return n / seconds
+
+
+# -- (b) taskfleet ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    def __init__(self, tmp: Path, processes: int = 2) -> None:
+        self.tmp = tmp
+        self.key = tmp / "authkey"
+        if not self.key.exists():
+            authkey.keygen(str(self.key))
+        self.port = _free_port()
+        env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+        cli = [sys.executable, "-m", "taskfleet.cli"]
+        self.logs = [open(tmp / f"{name}-{self.port}.log", "wb") for name in ("master", "worker")]  # noqa: SIM115
+        self.master = subprocess.Popen(
+            [*cli, "master", "--port", str(self.port), "--authkey-file", str(self.key),
+             "--journal", str(tmp / f"journal-{self.port}.db")],
+            stderr=self.logs[0], env=env, start_new_session=True,
+        )  # fmt: skip
+        self.client = Client(
+            ("127.0.0.1", self.port), authkey.load(str(self.key)), connect_timeout=20
+        )
+        self.client.ping()
+        self.worker = subprocess.Popen(
+            [*cli, "worker", "--master", f"127.0.0.1:{self.port}", "--authkey-file", str(self.key),
+             "--processes", str(processes), "--name", "bench"],
+            stderr=self.logs[1], env=env, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not self.client.status()["workers"]:
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: the worker did not connect within 30 s")
+            time.sleep(0.1)
+
+    def run(self, n: int, chunk: int) -> float:
+        t0 = time.perf_counter()
+        spec = self.client.submit("squares", n=n, chunk_size=chunk)
+        count = 0
+        last = None
+        for r in self.client.results(spec, timeout=600):
+            count += len(r.results)
+            last = r
+        seconds = time.perf_counter() - t0
+        assert count == n and last is not None and last.results[-1] == last.items[-1] ** 2
+        return n / seconds
+
+    def peak_rss_mb(self) -> float:
+        with open(f"/proc/{self.master.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM")
+
+    def close(self) -> None:
+        self.client.close()
+        for proc in (self.worker, self.master):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in (self.worker, self.master):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for fh in self.logs:
+            fh.close()
+
+
+def bench_memory(tmp: Path, n: int, seconds: float) -> dict[str, Any]:
+    """Peak RSS of a master serving an n-item range job for a few seconds."""
+    cluster = Cluster(tmp)
+    try:
+        before = cluster.peak_rss_mb()
+        spec = cluster.client.submit("squares", n=n, chunk_size=1000)
+        time.sleep(seconds)
+        st = cluster.client.job(spec.id)[1]
+        return {"items": n, "rss_idle_mb": round(before, 1), "peak_rss_mb": round(cluster.peak_rss_mb(), 1),
+                "items_done_in_window": st["items_done"], "window_s": seconds}  # fmt: skip
+    finally:
+        cluster.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--seed-items", type=int, default=20_000)
+    parser.add_argument("--chunk", type=int, default=10_000, help="taskfleet chunk size for (b)")
+    parser.add_argument("--memory-items", type=int, default=100_000_000)
+    parser.add_argument(
+        "--json", action="store_true", help="also print the figures as one JSON line"
+    )
+    args = parser.parse_args()
+    figures: dict[str, Any] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
+
+    print(
+        f"== seed design: per-item get/put, {args.seed_items} items, 2 worker processes", flush=True
+    )
+    seed = bench_seed(args.seed_items)
+    print(f"   {seed:,.0f} items/s", flush=True)
+
+    print(f"== multiprocessing.Pool(2).map over {args.items} items", flush=True)
+    pool = bench_pool(args.items)
+    print(f"   {pool:,.0f} items/s", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="taskfleet-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        cluster = Cluster(tmp)
+        try:
+            cluster.run(20_000, 1000)  # warm up
+            print(f"== taskfleet: master + 1 worker x 2 processes, {args.items} items, chunk {args.chunk}",
+                  flush=True)  # fmt: skip
+            runs = [cluster.run(args.items, args.chunk) for _ in range(2)]
+            tf = max(runs)
+            print(
+                f"   {tf:,.0f} items/s (best of {len(runs)}: {', '.join(f'{r:,.0f}' for r in runs)})"
+            )
+            sweep: dict[int, float] = {}
+            print("== chunk-size sweep (taskfleet, same cluster)", flush=True)
+            for chunk in (100, 1000, 5000, 10_000, 50_000):
+                n = min(args.items, max(200_000, chunk * 40))
+                sweep[chunk] = cluster.run(n, chunk)
+                print(
+                    f"   chunk {chunk:>6}: {sweep[chunk]:>12,.0f} items/s  ({n} items)", flush=True
+                )
+        finally:
+            cluster.close()
+        print(f"== master memory: {args.memory_items:,}-item range job, 5 s of work", flush=True)
+        mem = bench_memory(tmp, args.memory_items, 5.0)
+        print(f"   peak RSS {mem['peak_rss_mb']} MB (idle {mem['rss_idle_mb']} MB), "
+              f"{mem['items_done_in_window']:,} items done in the window")  # fmt: skip
+
+    figures.update(seed_items_per_s=round(seed), pool_items_per_s=round(pool), taskfleet_items_per_s=round(tf),
+                   vs_seed=round(tf / seed, 1), vs_pool=round(tf / pool, 2),
+                   sweep={str(k): round(v) for k, v in sweep.items()}, memory=mem)  # fmt: skip
+    ok_seed, ok_pool, ok_mem = tf >= 100 * seed, tf >= 0.3 * pool, mem["peak_rss_mb"] < 200
+    print()
+    print("| design (squares, loopback, 2 cores) | items/s | vs seed | vs Pool.map |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| seed: BaseManager queues, get+put per item ({args.seed_items:,} items) | {seed:,.0f} | 1x | "
+          f"{seed / pool:.4f}x |")  # fmt: skip
+    print(f"| taskfleet: master + 1 worker x 2 processes, chunk {args.chunk:,} ({args.items:,} items) | "
+          f"{tf:,.0f} | {tf / seed:,.0f}x | {tf / pool:.2f}x |")  # fmt: skip
+    print(
+        f"| multiprocessing.Pool(2).map ({args.items:,} items) | {pool:,.0f} | {pool / seed:,.0f}x | 1x |"
+    )
+    print()
+    print("| chunk size | " + " | ".join(f"{c:,}" for c in sweep) + " |")
+    print("| --- | " + " | ".join("---:" for _ in sweep) + " |")
+    print("| items/s | " + " | ".join(f"{v:,.0f}" for v in sweep.values()) + " |")
+    print()
+    print(f"Master peak RSS serving a {args.memory_items:,}-item range job: {mem['peak_rss_mb']} MB "
+          f"(target < 200 MB).")  # fmt: skip
+    print(f"Targets: >= 100x seed: {'met' if ok_seed else 'MISSED'}; >= 0.3x Pool.map: "
+          f"{'met' if ok_pool else 'MISSED'}; RSS < 200 MB: {'met' if ok_mem else 'MISSED'}.")  # fmt: skip
+    if args.json:
+        print(json.dumps(figures))
+    return 0 if (ok_seed and ok_pool and ok_mem) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
