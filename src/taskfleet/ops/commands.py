@@ -250,7 +250,8 @@ def clone_run(container: Mapping[str, Any], image: Mapping[str, Any], new_name: 
             argv += ["--env", rename(item)]
     img_labels = img_cfg.get("Labels") or {}
     for key, value in sorted((cfg.get("Labels") or {}).items()):
-        if img_labels.get(key) != value:
+        # Our own labels always explicitly: they are what status/scale/down select by.
+        if img_labels.get(key) != value or key.startswith("io.taskfleet."):
             argv += ["--label", f"{key}={rename(value, indexed=True)}"]
     if cfg.get("StopSignal") and _differs(cfg, img_cfg, "StopSignal"):
         argv += ["--stop-signal", cfg["StopSignal"]]
