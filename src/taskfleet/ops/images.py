@@ -61,7 +61,6 @@ BASE_IMPORT_CHANGES = (
 # third-party packages (docker, fabric) and would change the tag on every ops edit.
 RUNTIME_EXCLUDES = ("ops",)
 HASH_LEN = 12
-LABELS = {"io.taskfleet.managed": "true"}
 
 Log = Callable[[str], None]
 
@@ -132,6 +131,20 @@ def _find_debootstrap() -> str | None:
     )
 
 
+def _check_debootstrap() -> None:
+    """Raise ImagesError naming the fix when debootstrap cannot run here."""
+    if _find_debootstrap() is None:
+        raise ImagesError(
+            "debootstrap is not installed — apt-get install debootstrap, "
+            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim"
+        )
+    if os.geteuid() != 0:
+        raise ImagesError(
+            "debootstrap needs root — run make base-image as root, "
+            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim"
+        )
+
+
 # debootstrap's "I: <Verb> ..." lines, folded into three stages printed once each.
 _STAGES = {
     "Retrieving": ("downloading", 0),
@@ -147,16 +160,6 @@ _COUNTED = {"Retrieving", "Extracting", "Unpacking"}
 
 def _run_debootstrap(tarball: Path, mirror: str, logfile: Path, log: Log) -> None:
     """Run images/base/build.sh, keep its full output in ``logfile``, print one line per phase."""
-    if _find_debootstrap() is None:
-        raise ImagesError(
-            "debootstrap is not installed — apt-get install debootstrap, "
-            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim"
-        )
-    if os.geteuid() != 0:
-        raise ImagesError(
-            "debootstrap needs root — run make base-image as root, "
-            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim"
-        )
     env = {
         **os.environ,
         "SUITE": SUITE,
@@ -232,6 +235,7 @@ def build_base(
     if tarball.exists():
         log(f"==> {name}: importing the cached rootfs {tarball.relative_to(REPO)}")
     else:
+        _check_debootstrap()
         log(f"==> {name}: building Debian {SUITE} from {mirror} (takes 1-3 min)")
         _run_debootstrap(tarball, mirror, cache / f"debootstrap-{digest}.log", log)
         # Keep only the current rootfs: an old one is never used again.
@@ -356,6 +360,8 @@ def _docker_build(
 ) -> None:
     """One legacy-builder build of ``target``; prints its steps; raises ImagesError on failure."""
     tail: list[str] = []
+    pending = ""  # a step is printed once we know it did not come from the cache
+    cached = 0
     stream = client.api.build(
         path=str(context),
         dockerfile="Dockerfile",
@@ -376,13 +382,18 @@ def _docker_build(
                 f"(last output: {context_lines[:300]}) — fix images/taskfleet/Dockerfile "
                 "or the base image, then run make images again"
             )
-        text = str(chunk.get("stream", "")).rstrip()
+        text = str(chunk.get("stream", "")).strip()
         if not text:
             continue
         tail.extend(text.splitlines())
         del tail[:-20]
-        if text.startswith("Step "):
-            log(f"   [{target}] {text[:150]}")
+        if pending and "Using cache" in text:
+            cached += 1
+        elif pending:
+            log(f"   [{target}] {pending[:110]}")
+        pending = text if text.startswith("Step ") else ""
+    if cached:
+        log(f"   [{target}] {cached} steps from the build cache")
     if not image_id(client, name):
         raise ImagesError(f"docker build produced no {name} — see the output above")
 
