@@ -43,6 +43,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -259,7 +260,9 @@ def render_inventory(cfg: LabConfig) -> str:
         "ansible_user": DEPLOY_USER,
         "ansible_ssh_private_key_file": str(cfg.key),
         "ansible_ssh_common_args": (
-            f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes"
+            # Quoted: Ansible splits these with shlex, and a clone may live under a space.
+            f"-o UserKnownHostsFile={shlex.quote(str(cfg.known_hosts))} "
+            "-o StrictHostKeyChecking=yes"
         ),
         "ansible_python_interpreter": "/usr/bin/python3",
     }
