@@ -122,13 +122,27 @@ smoke: venv ## Run the squares smoke test against INVENTORY's running cluster.
 	$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/smoke.yml $(ANSIBLE_ARGS)
 
 .PHONY: teardown
-teardown: venv ## Remove taskfleet containers from INVENTORY's hosts.
-	$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/teardown.yml $(ANSIBLE_ARGS)
+teardown: venv ## Remove taskfleet containers from INVENTORY's hosts (PURGE=1: also journal, authkeys, firewall table).
+	$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/teardown.yml $(if $(PURGE),-e taskfleet_teardown_purge=true) $(ANSIBLE_ARGS)
+
+# The lab's inventory (TASKFLEET_LAB_INVENTORY runs the demo on a second lab) and its smoke report.
+DEMO_INVENTORY := $(or $(TASKFLEET_LAB_INVENTORY),inventory/local)
+DEMO_REPORT := .build/smoke-$(notdir $(DEMO_INVENTORY)).json
 
 .PHONY: demo
 demo: ## The whole thing on one computer: images, lab, deploy, smoke, summary.
 	$(MAKE) images lab
-	$(MAKE) deploy INVENTORY=local
+	@rm -f $(DEMO_REPORT)
+	$(MAKE) deploy INVENTORY=local INVENTORY_DIR=$(DEMO_INVENTORY)
+	@# The smoke role leaves its result in .build/smoke-<inventory>.json.
+	@$(BIN)/python -c 'import json, sys; r = json.load(open(sys.argv[1])); h = r["hosts"]; \
+	  print("\n==> taskfleet demo: OK"); \
+	  print("    master        %s" % r["master"]); \
+	  print("    worker hosts  %d (%s items)" % (len(h), ", ".join("%s=%s" % kv for kv in sorted(h.items())))); \
+	  print("    workers       %d" % len(r["workers"])); \
+	  print("    verified      %d of %d squares" % (r["verified"], r["count"])); \
+	  print("    speed         %.0f items/s" % r["items_per_s"]); \
+	  print("    next: make status | make smoke | make teardown | make lab-down")' $(DEMO_REPORT)
 
 ##@ Operations (Fabric)
 
