@@ -140,7 +140,13 @@ class Worker:
         """Work until stopped; return the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: self.stop.set())
-        ctx = multiprocessing.get_context("spawn")  # no fork() of a threaded process
+        # fork, explicitly (3.14 defaults to forkserver): spawn/forkserver
+        # children re-run the __main__ script, and a console script written
+        # without an `if __name__ == "__main__"` guard would start a worker
+        # in every pool process. With fork, ProcessPoolExecutor starts all
+        # its processes on the first submit — here, before this process has
+        # any other thread, so fork() is safe.
+        ctx = multiprocessing.get_context("fork")
         pool = cf.ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_child_init)
         try:
             # Start every pool process now, not on the first chunk.
