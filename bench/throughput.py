@@ -137,21 +137,43 @@ class Cluster:
         self.port = _free_port()
         env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
         cli = [sys.executable, "-m", "taskfleet.cli"]
-        self.logs = [open(tmp / f"{name}-{self.port}.log", "wb") for name in ("master", "worker")]  # noqa: SIM115
+        self.logs = [open(tmp / f"{name}-{self.port}.log", "wb") for name in ("master", "worker")]
         self.master = subprocess.Popen(
-            [*cli, "master", "--port", str(self.port), "--authkey-file", str(self.key),
-             "--journal", str(tmp / f"journal-{self.port}.db")],
-            stderr=self.logs[0], env=env, start_new_session=True,
-        )  # fmt: skip
+            [
+                *cli,
+                "master",
+                "--port",
+                str(self.port),
+                "--authkey-file",
+                str(self.key),
+                "--journal",
+                str(tmp / f"journal-{self.port}.db"),
+            ],
+            stderr=self.logs[0],
+            env=env,
+            start_new_session=True,
+        )
         self.client = Client(
             ("127.0.0.1", self.port), authkey.load(str(self.key)), connect_timeout=20
         )
         self.client.ping()
         self.worker = subprocess.Popen(
-            [*cli, "worker", "--master", f"127.0.0.1:{self.port}", "--authkey-file", str(self.key),
-             "--processes", str(processes), "--name", "bench"],
-            stderr=self.logs[1], env=env, start_new_session=True,
-        )  # fmt: skip
+            [
+                *cli,
+                "worker",
+                "--master",
+                f"127.0.0.1:{self.port}",
+                "--authkey-file",
+                str(self.key),
+                "--processes",
+                str(processes),
+                "--name",
+                "bench",
+            ],
+            stderr=self.logs[1],
+            env=env,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while not self.client.status()["workers"]:
             if time.monotonic() > deadline:
@@ -202,8 +224,13 @@ def bench_memory(tmp: Path, n: int, seconds: float) -> dict[str, Any]:
         spec = cluster.client.submit("squares", n=n, chunk_size=1000)
         time.sleep(seconds)
         st = cluster.client.job(spec.id)[1]
-        return {"items": n, "rss_idle_mb": round(before, 1), "peak_rss_mb": round(cluster.peak_rss_mb(), 1),
-                "items_done_in_window": st["items_done"], "window_s": seconds}  # fmt: skip
+        return {
+            "items": n,
+            "rss_idle_mb": round(before, 1),
+            "peak_rss_mb": round(cluster.peak_rss_mb(), 1),
+            "items_done_in_window": st["items_done"],
+            "window_s": seconds,
+        }
     finally:
         cluster.close()
 
@@ -235,12 +262,16 @@ def main() -> int:
         cluster = Cluster(tmp)
         try:
             cluster.run(20_000, 1000)  # warm up
-            print(f"== taskfleet: master + 1 worker x 2 processes, {args.items} items, chunk {args.chunk}",
-                  flush=True)  # fmt: skip
+            print(
+                f"== taskfleet: master + 1 worker x 2 processes,"
+                f" {args.items} items, chunk {args.chunk}",
+                flush=True,
+            )
             runs = [cluster.run(args.items, args.chunk) for _ in range(2)]
             tf = max(runs)
             print(
-                f"   {tf:,.0f} items/s (best of {len(runs)}: {', '.join(f'{r:,.0f}' for r in runs)})"
+                f"   {tf:,.0f} items/s (best of {len(runs)}:"
+                f" {', '.join(f'{r:,.0f}' for r in runs)})"
             )
             sweep: dict[int, float] = {}
             print("== chunk-size sweep (taskfleet, same cluster)", flush=True)
@@ -254,32 +285,51 @@ def main() -> int:
             cluster.close()
         print(f"== master memory: {args.memory_items:,}-item range job, 5 s of work", flush=True)
         mem = bench_memory(tmp, args.memory_items, 5.0)
-        print(f"   peak RSS {mem['peak_rss_mb']} MB (idle {mem['rss_idle_mb']} MB), "
-              f"{mem['items_done_in_window']:,} items done in the window")  # fmt: skip
+        print(
+            f"   peak RSS {mem['peak_rss_mb']} MB (idle {mem['rss_idle_mb']} MB), "
+            f"{mem['items_done_in_window']:,} items done in the window"
+        )
 
-    figures.update(seed_items_per_s=round(seed), pool_items_per_s=round(pool), taskfleet_items_per_s=round(tf),
-                   vs_seed=round(tf / seed, 1), vs_pool=round(tf / pool, 2),
-                   sweep={str(k): round(v) for k, v in sweep.items()}, memory=mem)  # fmt: skip
+    figures.update(
+        seed_items_per_s=round(seed),
+        pool_items_per_s=round(pool),
+        taskfleet_items_per_s=round(tf),
+        vs_seed=round(tf / seed, 1),
+        vs_pool=round(tf / pool, 2),
+        sweep={str(k): round(v) for k, v in sweep.items()},
+        memory=mem,
+    )
     ok_seed, ok_pool, ok_mem = tf >= 100 * seed, tf >= 0.3 * pool, mem["peak_rss_mb"] < 200
     print()
     print("| design (squares, loopback, 2 cores) | items/s | vs seed | vs Pool.map |")
     print("| --- | ---: | ---: | ---: |")
-    print(f"| seed: BaseManager queues, get+put per item ({args.seed_items:,} items) | {seed:,.0f} | 1x | "
-          f"{seed / pool:.4f}x |")  # fmt: skip
-    print(f"| taskfleet: master + 1 worker x 2 processes, chunk {args.chunk:,} ({args.items:,} items) | "
-          f"{tf:,.0f} | {tf / seed:,.0f}x | {tf / pool:.2f}x |")  # fmt: skip
     print(
-        f"| multiprocessing.Pool(2).map ({args.items:,} items) | {pool:,.0f} | {pool / seed:,.0f}x | 1x |"
+        f"| seed: BaseManager queues, get+put per item ({args.seed_items:,} items)"
+        f" | {seed:,.0f} | 1x | "
+        f"{seed / pool:.4f}x |"
+    )
+    print(
+        f"| taskfleet: master + 1 worker x 2 processes, chunk {args.chunk:,}"
+        f" ({args.items:,} items) | "
+        f"{tf:,.0f} | {tf / seed:,.0f}x | {tf / pool:.2f}x |"
+    )
+    print(
+        f"| multiprocessing.Pool(2).map ({args.items:,} items) | {pool:,.0f}"
+        f" | {pool / seed:,.0f}x | 1x |"
     )
     print()
     print("| chunk size | " + " | ".join(f"{c:,}" for c in sweep) + " |")
     print("| --- | " + " | ".join("---:" for _ in sweep) + " |")
     print("| items/s | " + " | ".join(f"{v:,.0f}" for v in sweep.values()) + " |")
     print()
-    print(f"Master peak RSS serving a {args.memory_items:,}-item range job: {mem['peak_rss_mb']} MB "
-          f"(target < 200 MB).")  # fmt: skip
-    print(f"Targets: >= 100x seed: {'met' if ok_seed else 'MISSED'}; >= 0.3x Pool.map: "
-          f"{'met' if ok_pool else 'MISSED'}; RSS < 200 MB: {'met' if ok_mem else 'MISSED'}.")  # fmt: skip
+    print(
+        f"Master peak RSS serving a {args.memory_items:,}-item range job: {mem['peak_rss_mb']} MB "
+        f"(target < 200 MB)."
+    )
+    print(
+        f"Targets: >= 100x seed: {'met' if ok_seed else 'MISSED'}; >= 0.3x Pool.map: "
+        f"{'met' if ok_pool else 'MISSED'}; RSS < 200 MB: {'met' if ok_mem else 'MISSED'}."
+    )
     if args.json:
         print(json.dumps(figures))
     return 0 if (ok_seed and ok_pool and ok_mem) else 1

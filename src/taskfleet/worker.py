@@ -214,9 +214,24 @@ class Worker:
                 continue
             # Long-poll only when idle; otherwise keep the pool fed.
             wait = 1.0 if held == 0 and not batch else 0.0
-            ack, leases = session.call(
-                "exchange", self.name, self.host, batch, want, wait, timeout=session.timeout + wait
-            )
+            try:
+                ack, leases = session.call(
+                    "exchange",
+                    self.name,
+                    self.host,
+                    batch,
+                    want,
+                    wait,
+                    timeout=session.timeout + wait,
+                )
+            except (AuthkeyRejected, Stopping):
+                raise
+            except TaskfleetError as exc:
+                # The master answered but failed (e.g. its journal is full):
+                # keep the results, keep computing, try again shortly.
+                self.log.error("the master refused %d results: %s; retrying in 2s", len(batch), exc)
+                self.stop.wait(2.0)
+                continue
             del self._unacked[: len(batch)]
             self.chunks_done += ack["accepted"]
             self._start(pool, leases)

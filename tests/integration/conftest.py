@@ -41,7 +41,7 @@ class Proc:
     def __init__(self, argv: list[str], log: Path, env: dict[str, str]) -> None:
         self.argv = argv
         self.log = log
-        self._fh = open(log, "wb")  # noqa: SIM115 - closed in kill()
+        self._fh = open(log, "wb")
         self.popen = subprocess.Popen(
             argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
@@ -126,9 +126,17 @@ class Cluster:
     def worker(self, name: str, *extra: str, wait: bool = True) -> Proc:
         proc = self.spawn(
             name,
-            "worker", "--master", self.address, "--authkey-file", str(self.key),
-            "--name", name, "--processes", "1", *extra,
-        )  # fmt: skip
+            "worker",
+            "--master",
+            self.address,
+            "--authkey-file",
+            str(self.key),
+            "--name",
+            name,
+            "--processes",
+            "1",
+            *extra,
+        )
         if wait:
             proc.wait_for(f"worker {name} connected")
         return proc
@@ -181,7 +189,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def parse_submit_json(
     stdout: str,
 ) -> tuple[dict[int, tuple[list[Any], list[Any]]], dict[str, Any], int]:
-    """Per-chunk lines of ``submit --json`` → {chunk: (items, results)}, summary, repeated chunks."""
+    """``submit --json`` lines → ({chunk: (items, results)}, summary, repeated chunks)."""
     lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     summary = lines[-1]
     chunks: dict[int, tuple[list[Any], list[Any]]] = {}

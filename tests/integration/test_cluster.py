@@ -99,9 +99,14 @@ def test_worker_kill9_mid_job_loses_nothing(cluster: Cluster) -> None:
     cluster.worker("w2")
     n = 3000
     sub = subprocess.Popen(
-        cluster.argv(*cluster.client_args("submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json")),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env,
-    )  # fmt: skip
+        cluster.argv(
+            *cluster.client_args("submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json")
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cluster.env,
+    )
     try:
         cluster.wait_status(
             lambda st: any(w["name"] == "w1" and w["chunks_done"] >= 2 for w in st["workers"])
@@ -124,9 +129,14 @@ def test_master_kill9_and_restart_resumes_every_job(cluster: Cluster, tmp_path: 
     w2 = cluster.worker("w2")
     n = 3000
     sub = subprocess.Popen(
-        cluster.argv(*cluster.client_args("submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json")),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env,
-    )  # fmt: skip
+        cluster.argv(
+            *cluster.client_args("submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json")
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cluster.env,
+    )
     try:
         cluster.wait_status(lambda st: bool(st["jobs"]) and st["jobs"][0]["chunks"]["done"] >= 10)
         master.signal(signal.SIGKILL)
@@ -168,9 +178,14 @@ def test_worker_sigterm_drains_and_exits_zero(cluster: Cluster) -> None:
     w1 = cluster.worker("w1")
     n = 2000
     sub = subprocess.Popen(
-        cluster.argv(*cluster.client_args("submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json")),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env,
-    )  # fmt: skip
+        cluster.argv(
+            *cluster.client_args("submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json")
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cluster.env,
+    )
     try:
         cluster.wait_status(lambda st: bool(st["workers"]) and st["workers"][0]["chunks_done"] >= 2)
         t0 = time.monotonic()
@@ -262,7 +277,8 @@ def test_submit_refuses_unknown_jobs_and_bad_items(cluster: Cluster, tmp_path: P
     r = cluster.client("submit", "nosuchjob", "--range", "10")
     assert r.returncode == 2
     assert r.stderr == (
-        "taskfleet: error: unknown job 'nosuchjob' — use one of: squares, or package.module:function\n"
+        "taskfleet: error: unknown job 'nosuchjob'"
+        " — use one of: squares, or package.module:function\n"
     )
     items = tmp_path / "items.txt"
     items.write_text("1\n2\nthree\n")

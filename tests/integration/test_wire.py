@@ -58,7 +58,9 @@ def test_no_nagle_stall_for_any_batch_size(served: Served, size: int) -> None:
         assert session.call("echo", payload) == payload
         times.append(time.perf_counter() - t0)
     session.close()
-    assert statistics.median(times) < 0.02, f"median round trip {statistics.median(times) * 1000:.1f} ms"
+    assert statistics.median(times) < 0.02, (
+        f"median round trip {statistics.median(times) * 1000:.1f} ms"
+    )
 
 
 def test_silent_connection_is_dropped_after_the_handshake_timeout(
@@ -72,7 +74,9 @@ def test_silent_connection_is_dropped_after_the_handshake_timeout(
     assert any("no valid handshake" in r.getMessage() for r in caplog.records)
 
 
-def test_unauthenticated_connections_are_capped(served: Served, caplog: pytest.LogCaptureFixture) -> None:
+def test_unauthenticated_connections_are_capped(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
     idle = [socket.create_connection(served.address, timeout=5) for _ in range(8)]
     try:
         time.sleep(0.1)

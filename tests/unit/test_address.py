@@ -35,7 +35,8 @@ def test_port_out_of_range() -> None:
     with pytest.raises(UsageError) as err:
         parse_hostport("h:0")
     assert str(err.value) == (
-        "malformed --master 'h:0': port 0 is not in 1-65535 — use HOST:PORT, e.g. --master 10.0.0.1:7451"
+        "malformed --master 'h:0': port 0 is not in 1-65535"
+        " — use HOST:PORT, e.g. --master 10.0.0.1:7451"
     )
 
 

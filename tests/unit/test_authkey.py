@@ -30,7 +30,8 @@ def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     with pytest.raises(AuthkeyError) as err:
         authkey.keygen(str(path))
     assert str(err.value) == (
-        f"{path} already exists — keep it (every host must share one key) or pass --force to replace it"
+        f"{path} already exists"
+        f" — keep it (every host must share one key) or pass --force to replace it"
     )
     assert path.read_bytes() == before
     authkey.keygen(str(path), force=True)
@@ -42,7 +43,8 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(AuthkeyError) as err:
         authkey.load(str(p))
     assert str(err.value) == (
-        f"authkey file {p} does not exist — create it with taskfleet keygen {p} and copy it to every host"
+        f"authkey file {p} does not exist"
+        f" — create it with taskfleet keygen {p} and copy it to every host"
     )
 
 
@@ -53,7 +55,8 @@ def test_short_key(tmp_path: Path) -> None:
     with pytest.raises(AuthkeyError) as err:
         authkey.load(str(p))
     assert str(err.value) == (
-        f"authkey file {p} holds 8 bytes, fewer than 32 — generate a strong key with taskfleet keygen {p} --force"
+        f"authkey file {p} holds 8 bytes, fewer than 32"
+        f" — generate a strong key with taskfleet keygen {p} --force"
     )
 
 

@@ -151,7 +151,7 @@ def test_a_hundred_million_item_range_job_stays_small(clock: Clock) -> None:
     try:
         board.add_job(range_job("big", n=100_000_000, chunk=1000))
         leases = board.lease("w1", 8)
-        size, peak = tracemalloc.get_traced_memory()
+        _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert len(leases) == 8 and leases[-1][3] == ("range", 7000, 8000)

@@ -37,7 +37,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 def test_malformed_master_address(capsys: pytest.CaptureFixture[str], key: str) -> None:
     assert run(capsys, "status", "--master", "nonsense", "--authkey-file", key) == (
         2,
-        "taskfleet: error: malformed --master 'nonsense' — use HOST:PORT, e.g. --master 10.0.0.1:7451",
+        "taskfleet: error: malformed --master 'nonsense'"
+        " — use HOST:PORT, e.g. --master 10.0.0.1:7451",
     )
 
 
@@ -47,7 +48,8 @@ def test_missing_master_address(
     monkeypatch.delenv("TASKFLEET_MASTER", raising=False)
     assert run(capsys, "status", "--authkey-file", key) == (
         2,
-        "taskfleet: error: no master address given — pass --master HOST:PORT or set TASKFLEET_MASTER",
+        "taskfleet: error: no master address given"
+        " — pass --master HOST:PORT or set TASKFLEET_MASTER",
     )
 
 
@@ -71,7 +73,8 @@ def test_env_fallbacks_are_used(
     # re-import not needed: defaults are read when the parser is built
     assert run(capsys, "status") == (
         2,
-        f"taskfleet: error: authkey file {p} is accessible by every user (mode 0604) — chmod 600 {p}",
+        f"taskfleet: error: authkey file {p} is accessible by every user (mode 0604)"
+        f" — chmod 600 {p}",
     )
 
 
@@ -103,9 +106,17 @@ def test_port_in_use(
 ) -> None:
     journal = tmp_path / "j.db"
     code, err = run(
-        capsys, "master", "--bind", "127.0.0.1", "--port", str(busy_port), "--authkey-file", key,
-        "--journal", str(journal),
-    )  # fmt: skip
+        capsys,
+        "master",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(busy_port),
+        "--authkey-file",
+        key,
+        "--journal",
+        str(journal),
+    )
     assert code == 1
     assert err == (
         f"taskfleet: error: port {busy_port} on 127.0.0.1 is already in use"
@@ -131,7 +142,8 @@ def test_bad_numbers_and_unknown_commands(capsys: pytest.CaptureFixture[str], ke
         capsys, "submit", "squares", "--range", "0", "--master", "h:1", "--authkey-file", key
     ) == (
         2,
-        "taskfleet: error: argument --range: '0' must be at least 1 — see 'taskfleet submit --help'",
+        "taskfleet: error: argument --range: '0' must be at least 1"
+        " — see 'taskfleet submit --help'",
     )
     code, err = run(capsys, "frobnicate")
     assert code == 2 and err.startswith(

@@ -35,7 +35,8 @@ def test_unknown_jobs_are_refused_with_the_valid_names(name: str, detail: str) -
     with pytest.raises(UnknownJob) as err:
         jobs.resolve(name)
     assert str(err.value) == (
-        f"unknown job {name!r}{detail} — use one of: {', '.join(jobs.available())}, or package.module:function"
+        f"unknown job {name!r}{detail}"
+        f" — use one of: {', '.join(jobs.available())}, or package.module:function"
     )
 
 
@@ -44,7 +45,8 @@ def test_squares_refuses_items_that_are_not_numbers() -> None:
     with pytest.raises(BadJobArguments) as err:
         jobs.validate("squares", [1, "x"])
     assert str(err.value) == (
-        "squares: item 2 ('x') is not a number — give squares integers, one per line in the items file"
+        "squares: item 2 ('x') is not a number"
+        " — give squares integers, one per line in the items file"
     )
 
 

@@ -67,5 +67,6 @@ def test_journal_in_a_missing_directory_is_a_one_line_error(tmp_path: Path) -> N
         Journal(str(tmp_path / "nope" / "j.db"))
     assert str(err.value) == (
         f"cannot open journal {tmp_path}/nope/j.db: directory {tmp_path}/nope does not exist"
-        " — give a --journal path in a writable directory (containers: the /var/lib/taskfleet volume)"
+        " — give a --journal path in a writable directory"
+        " (containers: the /var/lib/taskfleet volume)"
     )
