@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,14 @@ def test_squares_refuses_items_that_are_not_numbers() -> None:
 def test_run_chunk_returns_pickled_results_for_ranges_and_items() -> None:
     assert pickle.loads(jobs.run_chunk("squares", ("range", 3, 6))) == [9, 16, 25]
     assert pickle.loads(jobs.run_chunk("squares", ("items", [7, -2]))) == [49, 4]
+
+
+def test_entry_point_jobs_resolve_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A minimal installed distribution advertising a job in taskfleet.jobs.
+    dist = tmp_path / "tf_plugin_example-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tf-plugin-example\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[taskfleet.jobs]\nfactorial_ep = math:factorial\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "factorial_ep" in jobs.available()
+    assert jobs.resolve("factorial_ep")(4) == 24
