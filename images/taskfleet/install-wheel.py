@@ -18,10 +18,13 @@ import zipfile
 
 # Console scripts go to /usr/local/bin on both bases (it is on PATH).
 BIN = pathlib.Path("/usr/local/bin")
+# The __main__ guard matters: multiprocessing's spawn/forkserver children re-run the
+# main script as __mp_main__, and without it each child would start the CLI again.
 SCRIPT = """#!{python}
 import sys
 from {module} import {func}
-sys.exit({func}())
+if __name__ == "__main__":
+    sys.exit({func}())
 """
 
 
