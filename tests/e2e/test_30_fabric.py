@@ -34,8 +34,9 @@ FAB = Path(sys.executable).parent / "fab"
 CLIENT = "taskfleet-e2e-fabric-client"
 AUTHKEY_MOUNT = ("type=bind,source=/etc/taskfleet/authkey,"
                  "target=/run/secrets/taskfleet_authkey,readonly")
-#: Small chunks make a job of modest size last: many leases, heartbeats and journal writes.
-CHUNK = 20
+#: One-item chunks: a job's length is set by its chunk count (leases, heartbeats, journal
+#: writes), so a long job stays small in items and in journal size.
+CHUNK = 1
 
 
 def fab(lab: Lab, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -55,7 +56,8 @@ def inner(lab: Lab, host: str, *argv: str, timeout: float = 120) -> str:
 def running_workers(lab: Lab, host: str) -> list[str]:
     out = inner(lab, host, "docker", "ps", "--filter", "label=io.taskfleet.role=worker",
                 "--format", "{{.Names}}")
-    return sorted(out.split())
+    return sorted((n for n in out.split() if n.startswith("taskfleet-worker-")),
+                  key=lambda n: int(n.rsplit("-", 1)[1]))
 
 
 def taskfleet_containers(lab: Lab, host: str) -> list[str]:
@@ -119,7 +121,9 @@ class LongJob:
         self.before = {j["id"] for j in master_view(lab).get("jobs", [])}
         self.proc = subprocess.Popen(
             ["docker", "exec", lab.container(host), "docker", "run", "--rm", "--name", CLIENT,
-             "--label", "io.taskfleet.e2e=fabric", "--network", "host", "--mount", AUTHKEY_MOUNT,
+             # not a worker, whatever the image's labels say
+             "--label", "io.taskfleet.role=e2e-client", "--label", "io.taskfleet.e2e=fabric",
+             "--network", "host", "--mount", AUTHKEY_MOUNT,
              image, "smoke", "--master", master_address(lab), "--authkey-file",
              "/run/secrets/taskfleet_authkey", "--count", str(count), "--chunk-size",
              str(chunk_size), "--timeout", "900",
@@ -166,7 +170,10 @@ def assert_exactly_once(report: dict[str, Any], count: int) -> None:
 @pytest.fixture(scope="module")
 def cluster(lab: Lab, request: pytest.FixtureRequest) -> Lab:
     """The deployed lab: the deploy suite's ``deployed`` fixture when there is one,
-    else one run of deploy/site.yml here."""
+    else one run of deploy/site.yml here (TASKFLEET_E2E_DEPLOYED=1: the developer's lab
+    is already deployed)."""
+    if os.environ.get("TASKFLEET_E2E_DEPLOYED") == "1":
+        return lab
     try:
         request.getfixturevalue("deployed")
     except pytest.FixtureLookupError:
@@ -202,7 +209,7 @@ def items_per_s(cluster: Lab) -> float:
 
 def long_job_size(items_per_s: float, seconds: float) -> int:
     """Items that keep the full cluster busy for ``seconds`` (bounded both ways)."""
-    return max(50_000, min(5_000_000, int(items_per_s * seconds)))
+    return max(20_000, min(3_000_000, int(items_per_s * seconds)))
 
 
 # --- status, logs, smoke ------------------------------------------------------------------
@@ -260,6 +267,7 @@ def test_fabric_smoke_uses_every_worker_host(cluster: Lab) -> None:
 def test_scale_up_and_down_during_a_long_job_loses_nothing(
         cluster: Lab, long_job_host: str, items_per_s: float) -> None:
     per_host = deployed_per_host(cluster)
+    # Four workers per host will go through it about twice as fast as the deployed two.
     count = long_job_size(items_per_s, 60)
     job = LongJob(cluster, long_job_host, count)
     try:
@@ -303,7 +311,7 @@ def test_rolling_restart_during_a_job_loses_nothing(
     before["master"] = inner(cluster, "master", "docker", "inspect", "-f",
                              "{{.State.StartedAt}}", "taskfleet-master").strip()
     # The roll takes about 20 s per host (drain, start, healthcheck, master sees them).
-    count = long_job_size(items_per_s, 20 * (len(cluster.workers) + 1))
+    count = long_job_size(items_per_s, 30 * (len(cluster.workers) + 1))
     job = LongJob(cluster, long_job_host, count)
     try:
         job.wait_running()
