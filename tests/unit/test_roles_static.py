@@ -16,7 +16,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES_DIR = REPO / "deploy" / "roles"
-ROLES = ["preflight", "docker_engine", "firewall", "authkey", "images", "master", "workers", "smoke"]
+ROLES = ["preflight", "docker_engine", "firewall", "authkey", "images", "master", "workers",
+         "smoke"]  # fmt: skip
 SKELETON = [
     "defaults/main.yml",
     "tasks/main.yml",
