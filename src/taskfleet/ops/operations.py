@@ -36,6 +36,8 @@ from taskfleet.ops.inventory import Host, Inventory, OpsError
 #: How long scale/restart wait for containers to be healthy and seen by the master.
 READY_TIMEOUT = 180.0
 POLL_INTERVAL = 1.0
+#: Finished jobs shown in the status table (the JSON has all of them).
+SHOWN_DONE = 5
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -288,14 +290,21 @@ def status(inv: Inventory, as_json: bool = False) -> int:
         jobs = Table(title="jobs", title_justify="left")
         for column in ("JOB", "NAME", "STATE", "PENDING", "LEASED", "DONE", "ITEMS"):
             jobs.add_column(column)
-        for j in master.get("jobs", []):
+        all_jobs = master.get("jobs", [])
+        # Every running job, but only the latest finished ones: the journal keeps them all.
+        done = [j for j in all_jobs if j.get("state") != "running"]
+        shown = [j for j in all_jobs if j.get("state") == "running" or j in done[-SHOWN_DONE:]]
+        for j in shown:
             chunks = j.get("chunks", {})
             jobs.add_row(str(j.get("id", "?")), str(j.get("job", "?")), str(j.get("state", "?")),
                          str(chunks.get("pending", 0)), str(chunks.get("leased", 0)),
                          str(chunks.get("done", 0)),
                          f"{j.get('items_done', 0)}/{j.get('items_total', '?')}")
-        if master.get("jobs"):
+        if all_jobs:
             out.print(jobs)
+            if len(shown) < len(all_jobs):
+                out.print(f"({len(all_jobs) - len(shown)} older finished job(s) not shown; "
+                          "--json lists them all)")
         else:
             out.print("no jobs")
     if not doc["ok"]:
