@@ -144,6 +144,15 @@ def test_worker_with_a_different_authkey_is_refused_and_says_so(
         lambda: "wrong authkey" in logs(cluster.master),
         timeout=30,
     )
+
+    # A wrong key is fatal for a worker (retrying cannot help): it exits non-zero.
+    def exited() -> bool:
+        intruder.reload()
+        return bool(intruder.status == "exited")
+
+    wait_for("the wrong-key worker to exit", exited, timeout=30, detail=lambda: intruder.status)
+    assert intruder.attrs["State"]["ExitCode"] != 0
+    assert "taskfleet: error: the master at" in logs(intruder)
     status = cluster.status()
     assert "intruder" not in {w["host"] for w in status["workers"]}
     # Left running (or exited) on purpose: the next test reads its log; teardown removes it.

@@ -464,7 +464,8 @@ def save_images(
     """``docker save`` both images into .build/taskfleet-images-<TAG>.tar once; reuse it after.
 
     The tarball holds both images (shared layers once) for ``docker load`` on hosts
-    without a registry. Older taskfleet-images-*.tar files are removed.
+    without a registry. Tarballs of older tags stay (a deploy may be copying one);
+    ``make clean`` removes them.
     """
     path = BUILD_DIR / f"taskfleet-images-{images.tag}.tar"
     if path.exists():
@@ -483,9 +484,6 @@ def save_images(
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ImagesError(f"docker save failed ({last[:200]}) — run make images, then retry")
     os.replace(tmp, path)
-    for old in BUILD_DIR.glob("taskfleet-images-*.tar"):
-        if old != path:
-            old.unlink()
     log(f"   {path.stat().st_size / 1e6:.0f} MB")
     return path
 
