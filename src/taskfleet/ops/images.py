@@ -23,7 +23,9 @@ Every failure is one line, ``taskfleet: error: <what> — <what to do>``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -71,6 +73,39 @@ class ImagesError(Exception):
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+_lock_depth = 0
+
+
+@contextlib.contextmanager
+def _build_lock(log: Log) -> Iterator[None]:
+    """Serialise builds on this machine (``make images`` beside a test fixture, say).
+
+    The second build waits, then finds the tags made by the first and skips.
+    Re-entrant within a process: build_images holds it while calling build_base.
+    """
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with (BUILD_DIR / ".images.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("==> another image build runs on this machine — waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -222,7 +257,11 @@ def build_base(
     when only the engine lost the image; runs debootstrap otherwise.
     Raises ImagesError on any failure.
     """
-    client = client or connect()
+    with _build_lock(log):
+        return _build_base(client or connect(), mirror, log)
+
+
+def _build_base(client: docker.DockerClient, mirror: str | None, log: Log) -> str:
     mirror = mirror or os.environ.get("TASKFLEET_DEBIAN_MIRROR") or DEFAULT_MIRROR
     digest = base_hash(mirror)
     name = f"{BASE_REPO}:{digest}"
@@ -408,7 +447,11 @@ def build_images(
     ``base_image`` None builds/reuses taskfleet-base; otherwise it must already be
     in the engine (no registry: ``docker load`` it first). Raises ImagesError.
     """
-    client = client or connect()
+    with _build_lock(log):
+        return _build_images(client or connect(), base_image, log)
+
+
+def _build_images(client: docker.DockerClient, base_image: str | None, log: Log) -> ImageSet:
     started = time.monotonic()
     if base_image:
         base = base_image
@@ -467,6 +510,11 @@ def save_images(
     without a registry. Tarballs of older tags stay (a deploy may be copying one);
     ``make clean`` removes them.
     """
+    with _build_lock(log):
+        return _save_images(images, log)
+
+
+def _save_images(images: ImageSet, log: Log) -> Path:
     path = BUILD_DIR / f"taskfleet-images-{images.tag}.tar"
     if path.exists():
         log(f"==> {path.relative_to(REPO)} exists — reusing it")
