@@ -167,22 +167,34 @@ def assert_exactly_once(report: dict[str, Any], count: int) -> None:
     assert report["_exit"] == 0, summary
 
 
+def is_deployed(lab: Lab) -> bool:
+    """The master and at least one worker per worker host run (seen by the engines)."""
+    master = inner(lab, "master", "docker", "ps", "--filter", "name=^taskfleet-master$",
+                   "--format", "{{.Names}}").split()
+    return master == ["taskfleet-master"] and all(running_workers(lab, h) for h in lab.workers)
+
+
 @pytest.fixture(scope="module")
-def cluster(lab: Lab, request: pytest.FixtureRequest) -> Lab:
-    """The deployed lab: the deploy suite's ``deployed`` fixture when there is one,
-    else one run of deploy/site.yml here (TASKFLEET_E2E_DEPLOYED=1: the developer's lab
-    is already deployed)."""
-    if os.environ.get("TASKFLEET_E2E_DEPLOYED") == "1":
+def cluster(lab: Lab) -> Lab:
+    """The deployed lab. test_20_deploy leaves it deployed; run alone, this file deploys
+    it (images built first, as test_20 does; TASKFLEET_E2E_IMAGES_MANIFEST overrides)."""
+    if is_deployed(lab):
         return lab
-    try:
-        request.getfixturevalue("deployed")
-    except pytest.FixtureLookupError:
-        result = subprocess.run(
-            [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab.inventory_dir),
-             str(REPO / "deploy/site.yml")], capture_output=True, text=True, timeout=1800,
-            check=False, cwd=REPO,
-            env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "deploy/ansible.cfg")})
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "deploy/ansible.cfg")}
+    extra: list[str] = []
+    manifest = os.environ.get("TASKFLEET_E2E_IMAGES_MANIFEST")
+    if manifest:
+        extra = ["-e", f"taskfleet_images_manifest={manifest}"]
+    else:
+        build = subprocess.run([sys.executable, "-m", "taskfleet.ops.images", "build"],
+                               capture_output=True, text=True, timeout=1800, cwd=REPO,
+                               check=False)
+        assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab.inventory_dir),
+         str(REPO / "deploy/site.yml"), *extra], capture_output=True, text=True, timeout=1800,
+        check=False, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     return lab
 
 
