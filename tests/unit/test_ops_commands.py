@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shlex
 from typing import Any
 
 from taskfleet.ops import commands as cmd
@@ -41,21 +42,24 @@ def test_submit_without_waiting() -> None:
 
 def test_logs_prefix_each_line_with_its_container() -> None:
     assert cmd.logs(True, ["taskfleet-master", "taskfleet-worker-1"], "10m", False) == (
-        "sudo -n docker logs --timestamps --since 10m taskfleet-master 2>&1"
-        " | sed -u 's/^/taskfleet-master | /'; "
-        "sudo -n docker logs --timestamps --since 10m taskfleet-worker-1 2>&1"
-        " | sed -u 's/^/taskfleet-worker-1 | /'")
+        "sudo -n sh -c 'docker logs --timestamps --since 10m taskfleet-master 2>&1"
+        " | sed -u '\"'\"'s/^/taskfleet-master | /'\"'\"'; "
+        "docker logs --timestamps --since 10m taskfleet-worker-1 2>&1"
+        " | sed -u '\"'\"'s/^/taskfleet-worker-1 | /'\"'\"''")
 
 
-def test_followed_logs_stream_all_containers_at_once() -> None:
-    assert cmd.logs(False, ["a", "b"], None, True, tail=5) == (
+def test_followed_logs_run_at_once_and_die_with_the_ssh_session() -> None:
+    line = cmd.logs(False, ["a", "b"], None, True, tail=5)
+    assert shlex.split(line) == [
+        "sh", "-c",
         "docker logs --timestamps --tail 5 --follow a 2>&1 | sed -u 's/^/a | /' & "
-        "docker logs --timestamps --tail 5 --follow b 2>&1 | sed -u 's/^/b | /' & wait")
+        "docker logs --timestamps --tail 5 --follow b 2>&1 | sed -u 's/^/b | /' & "
+        "read -r _eof; kill 0"]
 
 
 def test_logs_quote_a_hostile_since_value() -> None:
-    assert cmd.logs(False, ["a"], "1m; rm -rf /", False) == (
-        "docker logs --timestamps --since '1m; rm -rf /' a 2>&1 | sed -u 's/^/a | /'")
+    assert shlex.split(cmd.logs(False, ["a"], "1m; rm -rf /", False)) == [
+        "sh", "-c", "docker logs --timestamps --since '1m; rm -rf /' a 2>&1 | sed -u 's/^/a | /'"]
 
 
 def test_logs_of_no_container_is_a_no_op() -> None:

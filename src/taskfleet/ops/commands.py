@@ -105,9 +105,16 @@ def submit(sudo: bool, master: str, job: str, count: int, chunk_size: int | None
 
 def logs(sudo: bool, names: Sequence[str], since: str | None, follow: bool,
          tail: int | None = None) -> str:
-    """One shell line that streams every named container's log, each line prefixed
-    ``<container> | ``; with ``follow`` all streams run at once until interrupted."""
-    d = sh(docker(sudo))
+    """One shell line that prints every named container's log, each line prefixed
+    ``<container> | ``.
+
+    With ``follow`` all streams run at once until our SSH session ends: the
+    script then blocks reading its stdin (the SSH channel, never written to) and
+    kills its whole process group when that read hits EOF, i.e. when the client
+    is gone (Ctrl-C, killed, network lost). No pty is needed, and nothing is left
+    running on the host. One ``sudo`` for the whole script, so it may kill what it
+    started.
+    """
     opts = ["--timestamps"]
     if since:
         opts += ["--since", since]
@@ -119,13 +126,15 @@ def logs(sudo: bool, names: Sequence[str], since: str | None, follow: bool,
     for name in names:
         # sed -u: unbuffered, so followed lines appear as they are written.
         prefix = name.replace("/", r"\/") + " | "
-        parts.append(f"{d} logs {sh(opts)} {shlex.quote(name)} 2>&1"
+        parts.append(f"docker logs {sh(opts)} {shlex.quote(name)} 2>&1"
                      f" | sed -u {shlex.quote('s/^/' + prefix + '/')}")
     if not parts:
         return "true"
     if follow:
-        return " & ".join(parts) + " & wait"
-    return "; ".join(parts)
+        script = " & ".join(parts) + " & read -r _eof; kill 0"
+    else:
+        script = "; ".join(parts)
+    return sh([*(["sudo", "-n"] if sudo else []), "sh", "-c", script])
 
 
 # --- changing state ----------------------------------------------------------------------

@@ -327,9 +327,11 @@ def logs(inv: Inventory, host: str | None = None, since: str | None = None,
     def one(conn: Connection, h: Host) -> int:
         names = [c.name for c in list_containers(conn, h)]
         writer = PrefixWriter(f"{h.name}/", sys.stdout, lock)
-        # A pty ties the remote `docker logs --follow` to our session: it ends when we do.
+        # in_stream=False: nothing is ever written to the remote stdin, so a followed
+        # script's `read` returns only when this session ends (see commands.logs).
         conn.run(cmd.logs(h.sudo, names, since, follow, tail), hide=False, in_stream=False,
-                 out_stream=writer, err_stream=writer, pty=follow, timeout=None if follow else 300)
+                 out_stream=writer, err_stream=writer, timeout=None if follow else 300,
+                 warn=follow)
         writer.close()
         return len(names)
 
