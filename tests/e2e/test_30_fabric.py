@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -263,6 +265,30 @@ def test_logs_are_prefixed_by_host_and_container(cluster: Lab) -> None:
     one = fab(cluster, "logs", "--host", cluster.workers[0], "--tail", "2")
     assert one.returncode == 0, one.stderr
     assert all(line.startswith(f"{cluster.workers[0]}/") for line in one.stdout.splitlines())
+
+
+def test_followed_logs_stream_new_lines_and_leave_nothing_running(cluster: Lab) -> None:
+    follow = subprocess.Popen([str(FAB), "-r", str(REPO / "deploy"), "logs", "--follow",
+                               "--tail", "0", "--host", "master", "--inventory",
+                               str(cluster.inventory_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        assert fab(cluster, "smoke", "--count", "1000").returncode == 0
+        time.sleep(2)
+        follow.send_signal(signal.SIGINT)
+        out, err = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.communicate()
+    assert re.search(r"^master/taskfleet-master \| \S+ .*submitted", out, re.M), out + err
+    # the remote `docker logs --follow` ended with the session
+    def gone() -> bool:
+        ps = inner(cluster, "master", "ps", "-eo", "args")
+        return not any(line.startswith(("docker logs", "sudo -n sh -c docker logs"))
+                       for line in ps.splitlines())
+    wait_for("the remote docker logs to end", gone, timeout=20)
 
 
 def test_fabric_smoke_uses_every_worker_host(cluster: Lab) -> None:

@@ -342,13 +342,19 @@ def logs(inv: Inventory, host: str | None = None, since: str | None = None,
             err.print(f"taskfleet: error: {r.host}: {r.error}")
         return 1 if failed else 0
 
-    # Following never ends by itself: one thread per host (all at once), and Ctrl-C ends us.
-    results: dict[str, HostResult[int]] = {}
+    # Following never ends by itself: one thread per host (all at once); Ctrl-C closes
+    # every connection, which ends the remote scripts, and lets the threads finish.
+    conns = {h.name: connect(h) for h in hosts}
+    errors: dict[str, str] = {}
+    stopping = threading.Event()
 
     def follow_one(h: Host) -> None:
-        results[h.name] = run_on_hosts([h], one, parallel=1)[0]
-        if not results[h.name].ok:
-            err.print(f"taskfleet: error: {h.name}: {results[h.name].error}")
+        try:
+            one(conns[h.name], h)
+        except Exception as exc:  # one host's failure must not stop the others
+            if not stopping.is_set():
+                errors[h.name] = explain(h, exc)
+                err.print(f"taskfleet: error: {h.name}: {errors[h.name]}")
 
     threads = [threading.Thread(target=follow_one, args=(h,), daemon=True) for h in hosts]
     for t in threads:
@@ -357,8 +363,14 @@ def logs(inv: Inventory, host: str | None = None, since: str | None = None,
         while any(t.is_alive() for t in threads):
             time.sleep(0.2)
     except KeyboardInterrupt:
+        stopping.set()
         return 130
-    return 1 if any(not r.ok for r in results.values()) else 0
+    finally:
+        for conn in conns.values():
+            conn.close()
+        for t in threads:
+            t.join(timeout=5)
+    return 1 if errors else 0
 
 
 # --- scale -------------------------------------------------------------------------------
