@@ -288,6 +288,31 @@ def test_authkey_appears_in_no_inspect_process_list_log_or_ansible_output(
             assert key not in out, "the authkey leaked into ansible-playbook output"
 
 
+def test_per_host_worker_count_grows_and_shrinks(lab: Lab, deployed: Run, tmp_path: Path) -> None:
+    def names(host: str) -> list[str]:
+        ps = sh(lab, host, "sudo docker ps -a --filter label=io.taskfleet.role=worker "
+                           "--format '{{.Names}}'")
+        return sorted(ps.stdout.split())
+
+    # The same inventory (same key) plus a host_vars override for worker1 only.
+    inventory = tmp_path / "inventory"
+    (inventory / "host_vars").mkdir(parents=True)
+    shutil.copy(lab.inventory_dir / "hosts.yml", inventory / "hosts.yml")
+    for shared in ("group_vars", "secrets"):
+        (inventory / shared).symlink_to((lab.inventory_dir / shared).resolve())
+    (inventory / "host_vars" / "worker1.yml").write_text("taskfleet_workers_per_host: 3\n")
+    grown = playbook(inventory, "site.yml", "--tags", "workers")
+    assert grown.rc == 0, grown.tail()
+    assert names("worker1") == [f"taskfleet-worker-{i}" for i in (1, 2, 3)]
+    assert names("worker2") == ["taskfleet-worker-1", "taskfleet-worker-2"]
+    assert {h for _, h in grown.changed_tasks()} == {"worker1"}, grown.changed_tasks()
+
+    shrunk = playbook(lab.inventory_dir, "site.yml", "--tags", "workers")
+    assert shrunk.rc == 0, shrunk.tail()
+    assert names("worker1") == ["taskfleet-worker-1", "taskfleet-worker-2"]
+    assert {h for _, h in shrunk.changed_tasks()} == {"worker1"}, shrunk.changed_tasks()
+
+
 def test_a_fourth_worker_host_changes_only_itself_and_the_master_firewall(
     lab: Lab, deployed: Run
 ) -> None:
