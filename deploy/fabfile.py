@@ -20,6 +20,7 @@ from typing import Any
 from fabric import task
 from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.tasks import Task
 
 from taskfleet.ops import operations
 from taskfleet.ops.inventory import Inventory, OpsError, load_inventory
@@ -27,10 +28,11 @@ from taskfleet.ops.inventory import Inventory, OpsError, load_inventory
 INVENTORY_HELP = "inventory directory (default: $TASKFLEET_INVENTORY or inventory/local)"
 
 
-def op(**help: str) -> Any:
+def op(**help: str) -> Callable[[Callable[..., None]], Task[Any]]:
     """A Fabric task with per-option help; no automatic short flags, so that ``-h``
     stays ``--help`` and every option reads the same in the Makefile and the docs."""
-    return task(auto_shortflags=False, help=help)
+    decorate: Callable[[Callable[..., None]], Task[Any]] = task(auto_shortflags=False, help=help)
+    return decorate
 
 
 def _inventory(path: str) -> Inventory:
