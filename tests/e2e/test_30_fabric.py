@@ -140,6 +140,21 @@ class LongJob:
             return any(j["state"] == "running" and j.get("items_done", 0) > 0 for j in jobs)
         wait_for("the long job to run", running, timeout=120)
 
+    def master_job(self) -> dict[str, Any]:
+        """This job as the master sees it (the only job submitted since we started)."""
+        jobs = [j for j in master_view(self.lab).get("jobs", []) if j["id"] not in self.before]
+        assert len(jobs) == 1, jobs
+        return jobs[0]
+
+    def wait_done_on_master(self, timeout: float = 600) -> dict[str, Any]:
+        """The master's own account: the job finished with every chunk done once."""
+        job = wait_for("the job to finish on the master",
+                       lambda: (j := self.master_job())["state"] == "done" and j,
+                       timeout=timeout)
+        assert (job["items_done"], job["items_total"]) == (self.count, self.count), job
+        assert job["chunks"]["pending"] == job["chunks"]["leased"] == 0, job
+        return dict(job)
+
     def still_running(self) -> bool:
         return self.proc.poll() is None
 
@@ -359,6 +374,9 @@ def test_rolling_restart_during_a_job_loses_nothing(
         order = [line.split(":")[0] for line in result.stdout.splitlines()
                  if line.endswith(": restarted")]
         assert order == cluster.workers
+        # the master's journal kept the job through its restart: nothing lost there ...
+        job.wait_done_on_master()
+        # ... and the waiting client reconnected and got every result exactly once
         assert_exactly_once(job.report(), count)
     finally:
         job.kill()
