@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fabric import task
@@ -36,6 +37,9 @@ def op(**help: str) -> Callable[[Callable[..., None]], Task[Any]]:
 
 
 def _inventory(path: str) -> Inventory:
+    # The same Ansible settings as `make` (vault password file, inventory plugins)
+    # when fab is run by hand.
+    os.environ.setdefault("ANSIBLE_CONFIG", str(Path(__file__).with_name("ansible.cfg")))
     return load_inventory(path or os.environ.get("TASKFLEET_INVENTORY", "inventory/local"))
 
 
