@@ -11,7 +11,6 @@ one ``HostResult`` per host; nothing here raises for a single host's failure.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -89,8 +88,9 @@ def explain(host: Host, exc: BaseException) -> str:
     if isinstance(exc, paramiko.AuthenticationException):
         key = host.key_file or "the default keys"
         return f"SSH login to {where} with {key} was refused — check ansible_user and the key"
-    if isinstance(exc, NoValidConnectionsError | ConnectionError | socket.timeout | TimeoutError):
-        return f"cannot reach {where} ({exc}) — is the host up and sshd listening?"
+    if isinstance(exc, NoValidConnectionsError | OSError):
+        reason = str(exc) or type(exc).__name__
+        return f"cannot reach {where} ({reason}) — is the host up and sshd listening?"
     if isinstance(exc, CommandTimedOut):
         return f"command timed out after {exc.timeout}s on {host.name}: {exc.result.command}"
     if isinstance(exc, UnexpectedExit):
