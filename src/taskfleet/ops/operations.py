@@ -519,7 +519,8 @@ def restart(inv: Inventory, timeout: float = READY_TIMEOUT) -> int:
             return {"workers": total_workers}
 
         master_result = run_on_hosts([inv.master], roll_master, parallel=1)[0]
-        master_result.host = f"{inv.master.name} (master)"
+        if inv.master.name != "master":
+            master_result.host = f"{inv.master.name} (master)"
         results.append(master_result)
     finally:
         probe.close()
