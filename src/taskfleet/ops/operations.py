@@ -229,6 +229,7 @@ def collect_status(inv: Inventory) -> dict[str, Any]:
 
     results = run_on_hosts(inv.all, one)
     doc: dict[str, Any] = {"inventory": inv.source, "hosts": [], "master": None,
+                           "master_address": None,
                            "master_error": None}
     for host, r in zip(inv.all, results, strict=True):
         entry: dict[str, Any] = {"host": host.name, "address": host.address,
