@@ -133,6 +133,11 @@ class TaskfleetServer(managers.Server):
         self._sock.listen(128)
         self._peer = threading.local()
         self._accepter: threading.Thread | None = None
+        # Live connections, so stop() can cut them before the master closes
+        # its journal: a peer then sees a dropped connection and reconnects,
+        # instead of an error from a half-closed master.
+        self._conns: set[Connection] = set()
+        self._conns_lock = threading.Lock()
 
     def start(self) -> None:
         """Publish the board under its fixed identity and start accepting."""
@@ -143,6 +148,7 @@ class TaskfleetServer(managers.Server):
         self._accepter.start()
 
     def stop(self) -> None:
+        """Stop accepting and cut every connection; calls in flight get no answer."""
         self.stop_event.set()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
@@ -152,6 +158,11 @@ class TaskfleetServer(managers.Server):
             self._sock.close()
         except OSError:
             pass
+        with self._conns_lock:
+            for conn in self._conns:
+                if not conn.closed:  # the stock serving loop may have closed it
+                    _shutdown_fd(conn.fileno())
+            self._conns.clear()
 
     def peer(self) -> str:
         """Address of the peer whose call this thread serves ("" outside a call)."""
@@ -191,6 +202,11 @@ class TaskfleetServer(managers.Server):
             ).start()
 
     def _serve(self, conn: Connection, peer: str) -> None:
+        with self._conns_lock:
+            if self.stop_event.is_set():
+                conn.close()
+                return
+            self._conns.add(conn)
         try:
             try:
                 mpc.deliver_challenge(conn, self._key)
@@ -216,13 +232,33 @@ class TaskfleetServer(managers.Server):
                 msg: tuple[str, Any] = ("#ERROR", RemoteError(_short(exc), ""))
             else:
                 msg = ("#RETURN", result)
+            if funcname == "accept_connection" or self.stop_event.is_set():
+                # accept_connection answered at its start and then served the
+                # peer until the loop ended: a second answer here would be
+                # taken as the reply to the peer's pending call (a bare None).
+                return
             conn.send(msg)
         except SystemExit:  # serve_client() exits its thread on EOF
             pass
         except Exception as exc:
             self._log.debug("connection %s closed: %s", peer, _short(exc))
         finally:
-            conn.close()
+            with self._conns_lock:
+                self._conns.discard(conn)
+                conn.close()
+
+
+def _shutdown_fd(fd: int) -> None:
+    """Shut a connection's socket down in both directions; the owner still closes it."""
+    if fd < 0:
+        return
+    tmp = socket.socket(fileno=fd)
+    try:
+        tmp.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        tmp.detach()
 
 
 def _short(exc: BaseException) -> str:

@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import Cluster, parse_submit_json
 
 SLOW = "tests.integration.testjobs:slow_square"
@@ -122,7 +124,14 @@ def test_worker_kill9_mid_job_loses_nothing(cluster: Cluster) -> None:
     assert "expired and are pending again" in master_log
 
 
-def test_master_kill9_and_restart_resumes_every_job(cluster: Cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "graceful-stop"]
+)
+def test_master_kill9_and_restart_resumes_every_job(
+    cluster: Cluster, tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """kill -9 (crash) and SIGTERM (docker restart): the waiting client and the
+    workers reconnect to the restarted master and every result arrives once."""
     journal = tmp_path / "journal.db"
     master = cluster.master("--lease-timeout", "3", journal=journal)
     cluster.worker("w1")
@@ -139,8 +148,8 @@ def test_master_kill9_and_restart_resumes_every_job(cluster: Cluster, tmp_path: 
     )
     try:
         cluster.wait_status(lambda st: bool(st["jobs"]) and st["jobs"][0]["chunks"]["done"] >= 10)
-        master.signal(signal.SIGKILL)
-        master.popen.wait(timeout=5)
+        master.signal(stop_signal)
+        master.popen.wait(timeout=10)
         time.sleep(1.0)  # workers and the client notice and start retrying
         restarted = cluster.master("--lease-timeout", "3", journal=journal, name="master2")
         restarted.wait_for(
@@ -311,3 +320,32 @@ def test_worker_keeps_retrying_while_the_master_is_down(cluster: Cluster) -> Non
     worker.wait_for("worker w1 connected", timeout=20)
     r = cluster.client("smoke", "--count", "3000", "--json")
     assert r.returncode == 0, r.stderr
+
+
+def test_graceful_master_restart_under_many_small_fetches(cluster: Cluster, tmp_path: Path) -> None:
+    """`docker restart` sends SIGTERM: a client fetching results chunk by chunk
+    must see a dropped connection (and reconnect), never an error or a stray
+    answer from the stopping master."""
+    journal = tmp_path / "journal.db"
+    master = cluster.master("--lease-timeout", "3", journal=journal)
+    cluster.worker("w1")
+    n = 30_000
+    sub = subprocess.Popen(
+        cluster.argv(*cluster.client_args("smoke", "--count", str(n), "--chunk-size", "1", "--json")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cluster.env,
+    )
+    try:
+        cluster.wait_status(lambda st: bool(st["jobs"]) and st["jobs"][0]["chunks"]["done"] >= 2000)
+        master.signal(signal.SIGTERM)
+        master.popen.wait(timeout=10)
+        cluster.master("--lease-timeout", "3", journal=journal, name="master2")
+        out, err = sub.communicate(timeout=120)
+    finally:
+        sub.kill()
+    assert sub.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["ok"] and report["verified"] == n
+    assert report["missing"] == 0 and report["wrong"] == 0
