@@ -331,7 +331,9 @@ def test_graceful_master_restart_under_many_small_fetches(cluster: Cluster, tmp_
     cluster.worker("w1")
     n = 30_000
     sub = subprocess.Popen(
-        cluster.argv(*cluster.client_args("smoke", "--count", str(n), "--chunk-size", "1", "--json")),
+        cluster.argv(
+            *cluster.client_args("smoke", "--count", str(n), "--chunk-size", "1", "--json")
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
