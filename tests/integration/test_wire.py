@@ -98,8 +98,14 @@ def test_wrong_key_is_refused_and_logged_without_a_traceback(
     session = Session(served.address, b"x" * 40, "t", timeout=5)
     with pytest.raises(AuthkeyRejected):
         session.call("ping")
-    msgs = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("refused 127.0.0.1:") and m.endswith(": wrong authkey") for m in msgs)
+    # The server thread logs after the client has already given up: wait for it.
+    deadline = time.monotonic() + 5
+    while True:
+        msgs = [r.getMessage() for r in caplog.records]
+        if any(m.startswith("refused 127.0.0.1:") and m.endswith(": wrong authkey") for m in msgs):
+            break
+        assert time.monotonic() < deadline, f"no refusal logged: {msgs}"
+        time.sleep(0.05)
 
 
 def test_garbage_gets_no_traceback(served: Served) -> None:

@@ -54,7 +54,6 @@ def test_every_role_is_present() -> None:
 def test_role_has_a_full_skeleton(role: str) -> None:
     missing = [f for f in SKELETON if not (ROLES_DIR / role / f).is_file()]
     assert not missing, f"{role}: missing {missing}"
-    assert (ROLES_DIR / role / "templates").is_dir()
 
 
 @pytest.mark.parametrize("role", ROLES)
