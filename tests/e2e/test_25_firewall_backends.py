@@ -162,8 +162,9 @@ def test_vault_encrypted_authkey_is_created_and_deployed(
     # Creation: the role's generate step on a new inventory (control node only).
     # The role runs ansible-vault as a child process, which cannot see a
     # --vault-password-file given to ansible-playbook: the password comes from
-    # ANSIBLE_VAULT_PASSWORD_FILE (or vault_password_file in ansible.cfg).
-    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(password))
+    # ANSIBLE_VAULT_PASSWORD_FILE (or vault_password_file in ansible.cfg, or
+    # taskfleet_authkey_vault_password_file). Without one: a clear failure.
+    monkeypatch.delenv("ANSIBLE_VAULT_PASSWORD_FILE", raising=False)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     shutil.copy(lab.inventory_dir / "hosts.yml", fresh / "hosts.yml")
@@ -173,6 +174,11 @@ def test_vault_encrypted_authkey_is_created_and_deployed(
         "- hosts: taskfleet_master\n  gather_facts: false\n  tasks:\n"
         "    - ansible.builtin.include_role:\n        name: authkey\n"
         "        tasks_from: generate.yml\n")  # fmt: skip
+    refused = playbook(fresh, str(generate), "-e", "taskfleet_authkey_vault_encrypt=true")
+    assert refused.rc != 0
+    assert "needs a vault password file" in refused.out, refused.tail()
+    assert not (fresh / "secrets" / "authkey").exists()
+    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(password))
     ok(playbook(fresh, str(generate), "-e", "taskfleet_authkey_vault_encrypt=true"))
     monkeypatch.delenv("ANSIBLE_VAULT_PASSWORD_FILE")
     created = fresh / "secrets" / "authkey"

@@ -139,6 +139,8 @@ def test_every_task_that_touches_the_key_content_has_no_log(role: str) -> None:
     for path, task in _tasks(role):
         text = yaml.safe_dump(task)
         if "password" in text or "copy" in text or "vault" in text.lower():
-            if "block" in task:
+            # A block's tasks are checked one by one; an assert prints its
+            # fail_msg and the condition's source, never evaluated content.
+            if "block" in task or "ansible.builtin.assert" in task:
                 continue
             assert task.get("no_log") is True, f"{path.name}: {task.get('name')}"
