@@ -77,6 +77,10 @@ test-fast: venv ## Run only unit and integration tests (no Docker).
 bench: venv ## Throughput benchmark: seed design vs taskfleet vs Pool.map, and master memory.
 	$(BIN)/python bench/throughput.py
 
+.PHONY: bench-deploy
+bench-deploy: images ## Deploy benchmark on the lab: fresh deploy and idempotent redeploy vs ansible ping.
+	$(BIN)/python bench/deploy.py
+
 .PHONY: clean
 clean: ## Remove build outputs (.build/); the lab is removed by lab-down.
 	rm -rf .build
@@ -124,6 +128,10 @@ smoke: venv ## Run the squares smoke test against INVENTORY's running cluster.
 .PHONY: teardown
 teardown: venv ## Remove taskfleet containers from INVENTORY's hosts (PURGE=1: also journal, authkeys, firewall table).
 	$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/teardown.yml $(if $(PURGE),-e taskfleet_teardown_purge=true) $(ANSIBLE_ARGS)
+
+.PHONY: rotate-authkey
+rotate-authkey: venv ## Replace INVENTORY's authkey on every host and restart master and workers.
+	$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/rotate-authkey.yml $(ANSIBLE_ARGS)
 
 # The lab's inventory (TASKFLEET_LAB_INVENTORY runs the demo on a second lab) and its smoke report.
 DEMO_INVENTORY := $(or $(TASKFLEET_LAB_INVENTORY),inventory/local)

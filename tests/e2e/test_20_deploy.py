@@ -240,6 +240,24 @@ def test_wrong_bind_ip_stops_the_deploy_in_preflight_before_any_change(
     assert sh(lab, "worker2", "sudo docker ps -q --no-trunc | sort").stdout == before
 
 
+def test_deploy_refuses_to_run_without_its_ansible_cfg(
+    lab: Lab, deployed: Run, tmp_path: Path
+) -> None:
+    # Without deploy/ansible.cfg, Ansible would read inventory/<env>/secrets/authkey
+    # as an inventory source: the deploy must stop before anything changes.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(lab.inventory_dir),
+         str(REPO / "deploy" / "site.yml")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    OUTPUTS.append(out)
+    assert proc.returncode != 0
+    assert "deploy/ansible.cfg is not in effect" in out, out[-3000:]
+    assert "PLAY [Prepare the hosts" not in out, "a change phase ran without the settings"
+
+
 def test_rotate_authkey_replaces_the_key_everywhere_and_refuses_the_old(
     lab: Lab, deployed: Run
 ) -> None:
@@ -287,6 +305,16 @@ def test_authkey_appears_in_no_inspect_process_list_log_or_ansible_output(
     for out in OUTPUTS:
         for key in keys:
             assert key not in out, "the authkey leaked into ansible-playbook output"
+    # inventory/<env>/secrets/ sits inside the inventory folder: Ansible must not
+    # read the key file as an inventory source (it would list the key as a host).
+    listing = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(lab.inventory_dir), "--list"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "deploy/ansible.cfg")},
+    )  # fmt: skip
+    assert listing.returncode == 0 and '"taskfleet_master"' in listing.stdout, listing.stderr
+    for key in keys:
+        assert key not in listing.stdout + listing.stderr, "the authkey is read as inventory"
 
 
 def test_per_host_worker_count_grows_and_shrinks(lab: Lab, deployed: Run, tmp_path: Path) -> None:
