@@ -17,6 +17,20 @@ import pytest
 
 from taskfleet.ops import images as images_mod
 
+
+def run_once(client: docker.DockerClient, image: str, command: list[str], **kw: object) -> str:
+    """Run a container to completion and return its output. Removed with its
+    anonymous volumes (the master image declares one): the SDK's remove=True
+    would leave them behind."""
+    container = client.containers.run(image, command, detach=True, **kw)
+    try:
+        result = container.wait(timeout=120)
+        out = container.logs().decode()
+        assert result["StatusCode"] == 0, out
+        return out
+    finally:
+        container.remove(force=True, v=True)
+
 pytestmark = pytest.mark.containers
 
 REPO = images_mod.REPO
@@ -112,13 +126,13 @@ def test_image_config_non_root_tini_healthcheck_oci_labels(
     if role == "master":
         assert "/var/lib/taskfleet" in config["Volumes"]
         assert config["Env"].count("TASKFLEET_HEALTH_ADDR=127.0.0.1:7451") == 1
-    out = docker_client.containers.run(
+    out = run_once(
+        docker_client,
         image.id,
+        ["stat -c '%u:%g %a' /var/lib/taskfleet; python3 -c 'import taskfleet'; id -u"],
         entrypoint=["/bin/sh", "-c"],
-        command=["stat -c '%u:%g %a' /var/lib/taskfleet; python3 -c 'import taskfleet'; id -u"],
-        remove=True,
         labels={"io.taskfleet.managed": "true", "io.taskfleet.test": "containers-config"},
-    ).decode()
+    )
     assert out.split() == ["10001:10001", "750", "10001"]
 
 
@@ -138,12 +152,12 @@ def test_base_is_a_trimmed_trixie_with_python_313_and_tini(
             "echo debs=$(find /var/cache/apt -name '*.deb' | wc -l)",
         ]
     )
-    out = docker_client.containers.run(
+    out = run_once(
+        docker_client,
         built_images.base,
         ["/bin/sh", "-c", script],
-        remove=True,
         labels={"io.taskfleet.managed": "true", "io.taskfleet.test": "containers-base"},
-    ).decode()
+    )
     facts = dict(line.split("=", 1) for line in out.split())
     assert facts == {
         "codename": "trixie",
