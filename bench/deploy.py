@@ -64,7 +64,8 @@ def main() -> int:
         sys.exit(f"bench: error: the second deploy changed something: {changed}")
 
     hosts = len(changed)
-    print(f"\nDeploy benchmark on the simulated lab ({hosts} hosts, {os.cpu_count()} cores)\n")
+    cores = os.cpu_count()
+    print(f"\nDeploy benchmark on the simulated lab ({hosts} hosts deployed, {cores} cores)\n")
     print("| run | wall time | vs. ansible ping |")
     print("| --- | ---: | ---: |")
     print(f"| `make lab` (hosts created, images cached) | {lab_s:.1f} s | {lab_s / ping_s:.1f}x |")
