@@ -58,7 +58,7 @@ lock: ## Re-resolve requirements/dev.in into requirements/dev.lock.
 	@rm -rf .build/lock-venv && echo "requirements/dev.lock updated"
 
 .PHONY: lint
-lint: venv ## Run ruff, mypy (strict, src/), yamllint and ansible-lint.
+lint: venv ## Run ruff, mypy (strict: src/ and the fabfile) and ansible-lint (also part of make test).
 	$(BIN)/ruff check src tests bench deploy/fabfile.py
 	$(BIN)/mypy
 	cd deploy && ../$(BIN)/ansible-lint --offline --profile production
