@@ -144,6 +144,16 @@ class Cluster:
     def client_args(self, command: str, *args: str) -> list[str]:
         return [command, *args, "--master", self.address, "--authkey-file", str(self.key)]
 
+    def background_client(self, command: str, *args: str) -> subprocess.Popen[str]:
+        """A CLI client (submit, smoke) left running while the test breaks things."""
+        return subprocess.Popen(
+            self.argv(*self.client_args(command, *args)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+
     def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.argv(*args),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -100,14 +99,8 @@ def test_worker_kill9_mid_job_loses_nothing(cluster: Cluster) -> None:
     w1 = cluster.worker("w1")
     cluster.worker("w2")
     n = 3000
-    sub = subprocess.Popen(
-        cluster.argv(
-            *cluster.client_args("submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json")
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cluster.env,
+    sub = cluster.background_client(
+        "submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json"
     )
     try:
         cluster.wait_status(
@@ -137,14 +130,8 @@ def test_master_kill9_and_restart_resumes_every_job(
     cluster.worker("w1")
     w2 = cluster.worker("w2")
     n = 3000
-    sub = subprocess.Popen(
-        cluster.argv(
-            *cluster.client_args("submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json")
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cluster.env,
+    sub = cluster.background_client(
+        "submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json"
     )
     try:
         cluster.wait_status(lambda st: bool(st["jobs"]) and st["jobs"][0]["chunks"]["done"] >= 10)
@@ -186,14 +173,8 @@ def test_worker_sigterm_drains_and_exits_zero(cluster: Cluster) -> None:
     cluster.master("--lease-timeout", "30")  # nothing may depend on lease expiry here
     w1 = cluster.worker("w1")
     n = 2000
-    sub = subprocess.Popen(
-        cluster.argv(
-            *cluster.client_args("submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json")
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cluster.env,
+    sub = cluster.background_client(
+        "submit", SLOW, "--range", str(n), "--chunk-size", "50", "--json"
     )
     try:
         cluster.wait_status(lambda st: bool(st["workers"]) and st["workers"][0]["chunks_done"] >= 2)
@@ -330,15 +311,7 @@ def test_graceful_master_restart_under_many_small_fetches(cluster: Cluster, tmp_
     master = cluster.master("--lease-timeout", "3", journal=journal)
     cluster.worker("w1")
     n = 30_000
-    sub = subprocess.Popen(
-        cluster.argv(
-            *cluster.client_args("smoke", "--count", str(n), "--chunk-size", "1", "--json")
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cluster.env,
-    )
+    sub = cluster.background_client("smoke", "--count", str(n), "--chunk-size", "1", "--json")
     try:
         cluster.wait_status(lambda st: bool(st["jobs"]) and st["jobs"][0]["chunks"]["done"] >= 2000)
         master.signal(signal.SIGTERM)
