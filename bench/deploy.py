@@ -70,15 +70,27 @@ def main() -> int:
     print("| --- | ---: | ---: |")
     print(f"| `make lab` (hosts created, images cached) | {lab_s:.1f} s | {lab_s / ping_s:.1f}x |")
     print(f"| `ansible all -m ping` (floor) | {ping_s:.1f} s | 1.0x |")
-    print(f"| `make deploy`, fresh hosts (= `make demo` on an up lab) | {fresh_s:.1f} s "
-          f"| {fresh_s / ping_s:.0f}x |")  # fmt: skip
-    print(f"| `make deploy` again (changed=0 on every host) | {again_s:.1f} s "
-          f"| {again_s / ping_s:.0f}x |")  # fmt: skip
+    print(
+        f"| `make deploy`, fresh hosts (= `make demo` on an up lab) | {fresh_s:.1f} s "
+        f"| {fresh_s / ping_s:.0f}x |"
+    )
+    print(
+        f"| `make deploy` again (changed=0 on every host) | {again_s:.1f} s "
+        f"| {again_s / ping_s:.0f}x |"
+    )
     print(f"\nfresh / idempotent: {fresh_s / again_s:.1f}x")
     if args.json:
-        print(json.dumps({"hosts": hosts, "lab_s": round(lab_s, 1), "ping_s": round(ping_s, 2),
-                          "fresh_deploy_s": round(fresh_s, 1),
-                          "again_deploy_s": round(again_s, 1)}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "hosts": hosts,
+                    "lab_s": round(lab_s, 1),
+                    "ping_s": round(ping_s, 2),
+                    "fresh_deploy_s": round(fresh_s, 1),
+                    "again_deploy_s": round(again_s, 1),
+                }
+            )
+        )
     return 0
 
 

@@ -68,19 +68,38 @@ def status(c: Context, inventory: str = "", json: bool = False) -> None:
     _run(lambda: operations.status(_inventory(inventory), as_json=json))
 
 
-@op(inventory=INVENTORY_HELP, host="only this inventory host",
+@op(
+    inventory=INVENTORY_HELP,
+    host="only this inventory host",
     since="only lines since T (e.g. 10m, 2024-05-01T10:00:00)",
     follow="keep streaming new lines until Ctrl-C",
-    tail="only the last N lines per container")
-def logs(c: Context, inventory: str = "", host: str = "", since: str = "",
-         follow: bool = False, tail: str = "") -> None:
+    tail="only the last N lines per container",
+)
+def logs(
+    c: Context,
+    inventory: str = "",
+    host: str = "",
+    since: str = "",
+    follow: bool = False,
+    tail: str = "",
+) -> None:
     """Master and worker logs, each line prefixed <host>/<container>."""
-    _run(lambda: operations.logs(_inventory(inventory), host or None, since or None, follow,
-                                 _int("--tail", tail) if tail else None))
+    _run(
+        lambda: operations.logs(
+            _inventory(inventory),
+            host or None,
+            since or None,
+            follow,
+            _int("--tail", tail) if tail else None,
+        )
+    )
 
 
-@op(n="worker containers per worker host (>= 1)", inventory=INVENTORY_HELP,
-    host="only this worker host")
+@op(
+    n="worker containers per worker host (>= 1)",
+    inventory=INVENTORY_HELP,
+    host="only this worker host",
+)
 def scale(c: Context, n: str, inventory: str = "", host: str = "") -> None:
     """Set the number of workers per worker host; removed workers drain on SIGTERM first."""
     count = _int("N", n)
@@ -93,16 +112,21 @@ def restart(c: Context, inventory: str = "") -> None:
     _run(lambda: operations.restart(_inventory(inventory)))
 
 
-@op(inventory=INVENTORY_HELP, count="how many numbers to square (default 10000)",
-    json="print the smoke report as JSON")
+@op(
+    inventory=INVENTORY_HELP,
+    count="how many numbers to square (default 10000)",
+    json="print the smoke report as JSON",
+)
 def smoke(c: Context, inventory: str = "", count: str = "10000", json: bool = False) -> None:
     """The squares smoke test on the running cluster: every result right, every host used."""
     number = _int("--count", count)
     _run(lambda: operations.smoke(_inventory(inventory), number, as_json=json))
 
 
-@op(inventory=INVENTORY_HELP,
-    purge="also remove the journal volume and /etc/taskfleet/authkey on the hosts")
+@op(
+    inventory=INVENTORY_HELP,
+    purge="also remove the journal volume and /etc/taskfleet/authkey on the hosts",
+)
 def down(c: Context, inventory: str = "", purge: bool = False) -> None:
     """Remove every taskfleet container on every host (workers drain first)."""
     _run(lambda: operations.down(_inventory(inventory), purge))

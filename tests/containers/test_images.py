@@ -31,6 +31,7 @@ def run_once(client: docker.DockerClient, image: str, command: list[str], **kw: 
     finally:
         container.remove(force=True, v=True)
 
+
 pytestmark = pytest.mark.containers
 
 REPO = images_mod.REPO

@@ -35,17 +35,25 @@ def ssh_argv(
     remote = command if isinstance(command, str) else shlex.join(command)
     return [
         "ssh",
-        "-i", str(key),
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "BatchMode=yes",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "ConnectTimeout=10",
-        "-o", "LogLevel=ERROR",
+        "-i",
+        str(key),
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
         f"{user}@{ip}",
         remote,
-    ]  # fmt: skip
+    ]
 
 
 @dataclass
@@ -110,9 +118,13 @@ class Lab:
         """Re-run ``up`` (idempotent), optionally with another worker count; updates hosts."""
         if workers is not None and workers != self.cfg.workers:
             self.cfg = labmod.LabConfig(
-                self.cfg.name, self.cfg.subnet, self.cfg.inventory_dir, workers,
-                self.cfg.state_root, self.cfg.apt_cache,
-            )  # fmt: skip
+                self.cfg.name,
+                self.cfg.subnet,
+                self.cfg.inventory_dir,
+                workers,
+                self.cfg.state_root,
+                self.cfg.apt_cache,
+            )
         self.info = labmod.up(self.cfg, log=_log)
         return self
 

@@ -57,8 +57,12 @@ def test_ansible_ping_succeeds_on_every_host_with_strict_host_keys(lab: Lab) -> 
     env = _env(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
     proc = subprocess.run(
         [_bin("ansible"), "all", "-i", str(lab.inventory_dir), "-m", "ansible.builtin.ping"],
-        capture_output=True, text=True, timeout=180, env=env, cwd=REPO,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]
     assert {h: r.get("ping") for h, r in results.items()} == dict.fromkeys(lab.hosts, "pong")
@@ -91,8 +95,10 @@ def test_known_hosts_is_exact_one_distinct_key_per_host(lab: Lab) -> None:
     for host, ip in lab.hosts.items():
         scan = subprocess.run(
             ["ssh-keyscan", "-t", "ed25519", "-T", "5", ip],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert scan.stdout.split()[2] == keys[host], host
 
 
@@ -107,8 +113,10 @@ def test_a_wrong_host_key_is_refused(lab: Lab, tmp_path: Path) -> None:
     wrong.write_text(f"{lab.hosts['master']} {worker_key}\n")
     proc = subprocess.run(
         ssh_argv(lab.key, wrong, lab.hosts["master"], "echo reached"),
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 255
     assert "reached" not in proc.stdout
     assert "Host key verification failed" in proc.stderr
@@ -118,8 +126,10 @@ def test_a_wrong_host_key_is_refused(lab: Lab, tmp_path: Path) -> None:
     empty.write_text("")
     proc = subprocess.run(
         ssh_argv(lab.key, empty, lab.hosts["master"], "echo reached"),
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 255
     assert "Host key verification failed" in proc.stderr
     assert empty.read_text() == "", "ssh must not have learned the key"
@@ -128,8 +138,12 @@ def test_a_wrong_host_key_is_refused(lab: Lab, tmp_path: Path) -> None:
 def test_inventory_groups_and_connection_variables(lab: Lab) -> None:
     proc = subprocess.run(
         [_bin("ansible-inventory"), "-i", str(lab.inventory_dir), "--list"],
-        capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     inv = json.loads(proc.stdout)
     assert inv["taskfleet_master"]["hosts"] == ["master"]
@@ -174,8 +188,11 @@ def test_make_lab_again_keeps_every_running_host(lab: Lab) -> None:
     files = {p: p.read_bytes() for p in (lab.cfg.hosts_file, lab.known_hosts, lab.key)}
     proc = subprocess.run(
         ["make", "--no-print-directory", "lab", f"LAB_WORKERS={lab.cfg.workers}"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _lab_containers(lab) == before
     assert {p: p.read_bytes() for p in files} == files
@@ -206,15 +223,19 @@ def test_more_workers_add_a_host_and_fewer_remove_it(lab: Lab) -> None:
 def test_lab_status_lists_every_host_running(lab: Lab) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "taskfleet.ops.lab", "status", "--json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = {r["host"]: r for r in json.loads(proc.stdout)}
     assert set(rows) == {*lab.hosts, "aptcache"}
     for host, ip in lab.hosts.items():
         assert (rows[host]["address"], rows[host]["state"], rows[host]["service"]) == (
-            ip, "running", "yes",
-        ), host  # fmt: skip
+            ip,
+            "running",
+            "yes",
+        ), host
     assert rows["outsider"]["group"] == "-"
 
 
@@ -230,8 +251,11 @@ def test_lab_status_lists_every_host_running(lab: Lab) -> None:
 def test_bad_settings_fail_with_one_line(lab: Lab, env: dict[str, str], message: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "taskfleet.ops.lab", "up"],
-        capture_output=True, text=True, timeout=60, env={**os.environ, **env},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr.startswith("taskfleet: error: ")
@@ -250,8 +274,11 @@ def test_a_second_lab_on_a_taken_subnet_fails_and_leaves_nothing(lab: Lab, tmp_p
     }
     proc = subprocess.run(
         [sys.executable, "-m", "taskfleet.ops.lab", "up"],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"taskfleet: error: subnet {lab.cfg.subnet} overlaps another Docker network or route"

@@ -39,7 +39,9 @@ SECRET = "/run/secrets/taskfleet_authkey"
 E2E_LABEL = "io.taskfleet.e2e=deploy"
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
-    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.M)  # fmt: skip
+    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
+    re.M,
+)
 
 # Every ansible-playbook output of this module: the leak test reads them all.
 OUTPUTS: list[str] = []
@@ -52,15 +54,17 @@ class Run:
     seconds: float
 
     def recap(self) -> dict[str, dict[str, int]]:
-        return {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
-                for m in RECAP.finditer(self.out)}  # fmt: skip
+        return {
+            m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+            for m in RECAP.finditer(self.out)
+        }
 
     def changed_tasks(self) -> list[tuple[str, str]]:
         """(task header, host) for every task result reported as changed."""
         found, task = [], ""
         for line in self.out.splitlines():
             if line.startswith("TASK ["):
-                task = line[6:line.index("]")]
+                task = line[6 : line.index("]")]
             elif m := re.match(r"changed: \[([^\]]+)\]", line):
                 found.append((task, m[1].split(" -> ")[0]))
         return found
@@ -74,11 +78,22 @@ def playbook(inventory: Path, name: str, *extra: str, timeout: float = 1500) -> 
     manifest = os.environ.get("TASKFLEET_E2E_IMAGES_MANIFEST")
     if manifest:
         argv += ["-e", f"taskfleet_images_manifest={manifest}"]
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "deploy/ansible.cfg"),
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}  # fmt: skip
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "deploy/ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
     started = time.monotonic()
-    proc = subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=REPO, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [*argv, *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
     run = Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
     OUTPUTS.append(run.out)
     return run
@@ -98,12 +113,14 @@ def master_ip(lab: Lab) -> str:
 
 def connect_from(lab: Lab, host: str) -> subprocess.CompletedProcess[str]:
     """A bounded TCP connect from ``host`` to the master port (3 s timeout)."""
-    probe = ("import socket, sys\n"
-             "try:\n"
-             f"    socket.create_connection(({master_ip(lab)!r}, {PORT}), timeout=3).close()\n"
-             "except OSError as exc:\n"
-             "    print(type(exc).__name__, exc); sys.exit(1)\n"
-             "print('connected')\n")  # fmt: skip
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(({master_ip(lab)!r}, {PORT}), timeout=3).close()\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__, exc); sys.exit(1)\n"
+        "print('connected')\n"
+    )
     return sh(lab, host, f"python3 -c {shlex.quote(probe)}", timeout=30)
 
 
@@ -111,23 +128,56 @@ def one_off(
     lab: Lab, host: str, key_path: str, *args: str, timeout: int = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run the taskfleet CLI on ``host`` in a one-off container with ``key_path`` mounted."""
-    image = sh(lab, host, "sudo docker inspect -f '{{.Config.Image}}' "
-                          + ("taskfleet-master" if host == "master" else "taskfleet-worker-1"))
+    image = sh(
+        lab,
+        host,
+        "sudo docker inspect -f '{{.Config.Image}}' "
+        + ("taskfleet-master" if host == "master" else "taskfleet-worker-1"),
+    )
     assert image.returncode == 0, image.stderr
-    argv = ["sudo", "timeout", str(timeout), "docker", "run", "--rm", "--network", "host",
-            "--label", "io.taskfleet.managed=true", "--label", E2E_LABEL,
-            "--mount", f"type=bind,source={key_path},target={SECRET},readonly",
-            image.stdout.strip(), *args]  # fmt: skip
+    argv = [
+        "sudo",
+        "timeout",
+        str(timeout),
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--label",
+        "io.taskfleet.managed=true",
+        "--label",
+        E2E_LABEL,
+        "--mount",
+        f"type=bind,source={key_path},target={SECRET},readonly",
+        image.stdout.strip(),
+        *args,
+    ]
     return sh(lab, host, shlex.join(argv), timeout=timeout + 60)
 
 
 def write_key(lab: Lab, host: str, path: str, content: str) -> None:
     """Install a key file the way the deploy does (0400, uid 10001), content via stdin."""
     proc = subprocess.run(
-        ["ssh", "-i", str(lab.key), "-o", f"UserKnownHostsFile={lab.known_hosts}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"deploy@{lab.hosts[host]}",
-         f"sudo sh -c 'umask 077; cat > {path}; chown 10001:10001 {path}; chmod 0400 {path}'"],
-        input=content, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        [
+            "ssh",
+            "-i",
+            str(lab.key),
+            "-o",
+            f"UserKnownHostsFile={lab.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            f"deploy@{lab.hosts[host]}",
+            f"sudo sh -c 'umask 077; cat > {path}; chown 10001:10001 {path}; chmod 0400 {path}'",
+        ],
+        input=content,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -135,8 +185,14 @@ def write_key(lab: Lab, host: str, path: str, content: str) -> None:
 def deployed(lab: Lab) -> Iterator[Run]:
     """deploy/site.yml once on the (fresh) lab; the images are built first if needed."""
     if not os.environ.get("TASKFLEET_E2E_IMAGES_MANIFEST"):
-        build = subprocess.run([sys.executable, "-m", "taskfleet.ops.images", "build"],
-                               capture_output=True, text=True, timeout=1800, cwd=REPO, check=False)
+        build = subprocess.run(
+            [sys.executable, "-m", "taskfleet.ops.images", "build"],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            cwd=REPO,
+            check=False,
+        )
         assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     run = playbook(lab.inventory_dir, "site.yml")
     print(f"[deploy] first deploy: {run.seconds:.1f} s")
@@ -155,16 +211,26 @@ def test_deploy_runs_master_and_workers_and_smoke_covers_every_worker_host(
     assert re.search(r"items verified: (\d+) of \1\b", deployed.out), deployed.tail()
     assert "workers: 6" in deployed.out
 
-    master = sh(lab, "master", "sudo docker inspect -f "
-                "'{{.HostConfig.NetworkMode}} {{.State.Running}} "
-                "{{.HostConfig.RestartPolicy.Name}} "
-                "{{index .Config.Labels \"io.taskfleet.role\"}}' taskfleet-master")
+    master = sh(
+        lab,
+        "master",
+        "sudo docker inspect -f "
+        "'{{.HostConfig.NetworkMode}} {{.State.Running}} "
+        "{{.HostConfig.RestartPolicy.Name}} "
+        '{{index .Config.Labels "io.taskfleet.role"}}\' taskfleet-master',
+    )
     assert master.stdout.split() == ["host", "true", "unless-stopped", "master"], master
     for host in lab.workers:
-        ps = sh(lab, host, "sudo docker ps --filter label=io.taskfleet.role=worker "
-                           "--format '{{.Names}} {{.Label \"io.taskfleet.inventory_host\"}}'")
+        ps = sh(
+            lab,
+            host,
+            "sudo docker ps --filter label=io.taskfleet.role=worker "
+            "--format '{{.Names}} {{.Label \"io.taskfleet.inventory_host\"}}'",
+        )
         assert sorted(ps.stdout.split("\n")[:-1]) == [
-            f"taskfleet-worker-1 {host}", f"taskfleet-worker-2 {host}"], ps
+            f"taskfleet-worker-1 {host}",
+            f"taskfleet-worker-2 {host}",
+        ], ps
     key = sh(lab, "worker1", "sudo stat -c '%a %u %g' /etc/taskfleet/authkey")
     assert key.stdout.split() == ["400", "10001", "10001"], key
     local = (lab.inventory_dir / "secrets" / "authkey").stat().st_mode & 0o777
@@ -178,7 +244,9 @@ def test_second_deploy_changes_nothing(lab: Lab, deployed: Run) -> None:
     recap = run.recap()
     assert set(recap) == {"master", *lab.workers}, recap
     assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap.values()), (
-        recap, run.changed_tasks())
+        recap,
+        run.changed_tasks(),
+    )
 
 
 def test_check_diff_runs_clean(lab: Lab, deployed: Run) -> None:
@@ -187,9 +255,7 @@ def test_check_diff_runs_clean(lab: Lab, deployed: Run) -> None:
     assert all(r["changed"] == 0 for r in run.recap().values()), run.changed_tasks()
 
 
-def test_master_port_is_closed_to_the_outsider_and_open_to_workers(
-    lab: Lab, deployed: Run
-) -> None:
+def test_master_port_is_closed_to_the_outsider_and_open_to_workers(lab: Lab, deployed: Run) -> None:
     outsider = connect_from(lab, "outsider")
     assert outsider.returncode == 1 and "connected" not in outsider.stdout, outsider
     assert "timed out" in outsider.stdout or "refused" in outsider.stdout.lower(), outsider
@@ -207,9 +273,20 @@ def test_worker_with_a_wrong_authkey_is_rejected(lab: Lab, deployed: Run) -> Non
     wrong = "0123456789abcdef" * 4
     write_key(lab, "worker1", "/tmp/tf-e2e-wrongkey", wrong)
     try:
-        run = one_off(lab, "worker1", "/tmp/tf-e2e-wrongkey", "worker", "--master",
-                      f"{master_ip(lab)}:{PORT}", "--authkey-file", SECRET, "--name",
-                      "e2e-wrongkey", "--host-label", "e2e-wrongkey")
+        run = one_off(
+            lab,
+            "worker1",
+            "/tmp/tf-e2e-wrongkey",
+            "worker",
+            "--master",
+            f"{master_ip(lab)}:{PORT}",
+            "--authkey-file",
+            SECRET,
+            "--name",
+            "e2e-wrongkey",
+            "--host-label",
+            "e2e-wrongkey",
+        )
     finally:
         sh(lab, "worker1", "sudo rm -f /tmp/tf-e2e-wrongkey")
     assert run.returncode not in (0, 124), run  # rejected, not hung until `timeout`
@@ -247,10 +324,19 @@ def test_deploy_refuses_to_run_without_its_ansible_cfg(
     # as an inventory source: the deploy must stop before anything changes.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(lab.inventory_dir),
-         str(REPO / "deploy" / "site.yml")],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False,
-    )  # fmt: skip
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(lab.inventory_dir),
+            str(REPO / "deploy" / "site.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     out = proc.stdout + proc.stderr
     OUTPUTS.append(out)
     assert proc.returncode != 0
@@ -262,8 +348,9 @@ def test_rotate_authkey_replaces_the_key_everywhere_and_refuses_the_old(
     lab: Lab, deployed: Run
 ) -> None:
     old = authkey(lab)
-    labels = ("sudo docker inspect -f "
-              "'{{index .Config.Labels \"io.taskfleet.authkey-fingerprint\"}}' ")
+    labels = (
+        "sudo docker inspect -f '{{index .Config.Labels \"io.taskfleet.authkey-fingerprint\"}}' "
+    )
     old_fp = sh(lab, "master", labels + "taskfleet-master").stdout.strip()
     run = playbook(lab.inventory_dir, "rotate-authkey.yml")
     assert run.rc == 0, run.tail()
@@ -295,9 +382,14 @@ def test_authkey_appears_in_no_inspect_process_list_log_or_ansible_output(
 ) -> None:
     keys = [authkey(lab), *OLD_KEYS]
     for host in ["master", *lab.workers]:
-        dump = sh(lab, host, "sudo docker ps -aq | xargs -r sudo docker inspect; ps auxww; "
-                  "for c in $(sudo docker ps -aq); do sudo docker logs $c 2>&1; done; "
-                  "sudo docker volume inspect taskfleet-journal 2>/dev/null; env", timeout=180)
+        dump = sh(
+            lab,
+            host,
+            "sudo docker ps -aq | xargs -r sudo docker inspect; ps auxww; "
+            "for c in $(sudo docker ps -aq); do sudo docker logs $c 2>&1; done; "
+            "sudo docker volume inspect taskfleet-journal 2>/dev/null; env",
+            timeout=180,
+        )
         assert dump.returncode == 0 and "taskfleet" in dump.stdout, dump.stderr
         for key in keys:
             assert key not in dump.stdout + dump.stderr, f"the authkey leaked on {host}"
@@ -309,9 +401,12 @@ def test_authkey_appears_in_no_inspect_process_list_log_or_ansible_output(
     # read the key file as an inventory source (it would list the key as a host).
     listing = subprocess.run(
         [str(BIN / "ansible-inventory"), "-i", str(lab.inventory_dir), "--list"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "deploy/ansible.cfg")},
-    )  # fmt: skip
+    )
     assert listing.returncode == 0 and '"taskfleet_master"' in listing.stdout, listing.stderr
     for key in keys:
         assert key not in listing.stdout + listing.stderr, "the authkey is read as inventory"
@@ -319,8 +414,11 @@ def test_authkey_appears_in_no_inspect_process_list_log_or_ansible_output(
 
 def test_per_host_worker_count_grows_and_shrinks(lab: Lab, deployed: Run, tmp_path: Path) -> None:
     def names(host: str) -> list[str]:
-        ps = sh(lab, host, "sudo docker ps -a --filter label=io.taskfleet.role=worker "
-                           "--format '{{.Names}}'")
+        ps = sh(
+            lab,
+            host,
+            "sudo docker ps -a --filter label=io.taskfleet.role=worker --format '{{.Names}}'",
+        )
         return sorted(ps.stdout.split())
 
     # The same inventory (same key) plus a host_vars override for worker1 only.
@@ -352,10 +450,13 @@ def test_a_fourth_worker_host_changes_only_itself_and_the_master_firewall(
         recap = run.recap()
         assert recap["worker4"]["changed"] > 0, recap
         assert all(recap[h]["changed"] == 0 for h in ("worker1", "worker2", "worker3")), (
-            recap, run.changed_tasks())
+            recap,
+            run.changed_tasks(),
+        )
         master_changes = [task for task, host in run.changed_tasks() if host == "master"]
         assert master_changes and all(t.startswith("firewall : ") for t in master_changes), (
-            master_changes)
+            master_changes
+        )
         assert "worker4=" in run.out and "workers: 8" in run.out
         assert connect_from(lab, "worker4").stdout.strip() == "connected"
     finally:

@@ -87,8 +87,9 @@ def test_ufw_backend_replaces_nftables_and_guards_the_manager_port(
         assert "taskfleet" not in sh(lab, host, "sudo cat /etc/nftables.conf").stdout, host
         assert ufw_active(lab, host), host
     rules = ufw_rules(lab, "master")
-    allowed = sorted(re.findall(rf"{PORT}/tcp +ALLOW IN +(\S+) +# taskfleet manager client",
-                                "\n".join(rules)))  # fmt: skip
+    allowed = sorted(
+        re.findall(rf"{PORT}/tcp +ALLOW IN +(\S+) +# taskfleet manager client", "\n".join(rules))
+    )
     assert allowed == sorted(lab.hosts[w] for w in lab.workers), rules
     deny = rf"{PORT}/tcp +DENY IN +Anywhere +# taskfleet manager others"
     assert re.search(deny, rules[-2]), rules
@@ -172,7 +173,8 @@ def test_vault_encrypted_authkey_is_created_and_deployed(
     generate.write_text(
         "- hosts: taskfleet_master\n  gather_facts: false\n  tasks:\n"
         "    - ansible.builtin.include_role:\n        name: authkey\n"
-        "        tasks_from: generate.yml\n")  # fmt: skip
+        "        tasks_from: generate.yml\n"
+    )
     refused = playbook(fresh, str(generate), "-e", "taskfleet_authkey_vault_encrypt=true")
     assert refused.rc != 0
     assert "needs a vault password file" in refused.out, refused.tail()
@@ -200,10 +202,20 @@ def test_vault_encrypted_authkey_is_created_and_deployed(
     (used / "secrets").mkdir(parents=True)
     shutil.copy(lab.inventory_dir / "hosts.yml", used / "hosts.yml")
     (used / "group_vars").symlink_to((lab.inventory_dir / "group_vars").resolve())
-    enc = subprocess.run([str(BIN / "ansible-vault"), "encrypt", "--output",
-                          str(used / "secrets" / "authkey"), *vault,
-                          str(lab.inventory_dir / "secrets" / "authkey")],
-                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    enc = subprocess.run(
+        [
+            str(BIN / "ansible-vault"),
+            "encrypt",
+            "--output",
+            str(used / "secrets" / "authkey"),
+            *vault,
+            str(lab.inventory_dir / "secrets" / "authkey"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert enc.returncode == 0, enc.stderr
     assert (used / "secrets" / "authkey").read_text().startswith("$ANSIBLE_VAULT;")
     run = ok(playbook(used, "site.yml", "--tags", "authkey,smoke", *vault))

@@ -34,50 +34,91 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 FAB = Path(sys.executable).parent / "fab"
 CLIENT = "taskfleet-e2e-fabric-client"
-AUTHKEY_MOUNT = ("type=bind,source=/etc/taskfleet/authkey,"
-                 "target=/run/secrets/taskfleet_authkey,readonly")
+AUTHKEY_MOUNT = (
+    "type=bind,source=/etc/taskfleet/authkey,target=/run/secrets/taskfleet_authkey,readonly"
+)
 #: One-item chunks: a job's length is set by its chunk count (leases, heartbeats, journal
 #: writes), so a long job stays small in items and in journal size.
 CHUNK = 1
 
 
 def fab(lab: Lab, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(FAB), "-r", str(REPO / "deploy"), *args,
-                           "--inventory", str(lab.inventory_dir)],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [str(FAB), "-r", str(REPO / "deploy"), *args, "--inventory", str(lab.inventory_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def inner(lab: Lab, host: str, *argv: str, timeout: float = 120) -> str:
     """Run a command in a lab host's own engine namespace (not through Fabric)."""
-    result = subprocess.run(["docker", "exec", lab.container(host), *argv],
-                            capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        ["docker", "exec", lab.container(host), *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert result.returncode == 0, f"{host}: {argv}: {result.stderr}"
     return result.stdout
 
 
 def running_workers(lab: Lab, host: str) -> list[str]:
-    out = inner(lab, host, "docker", "ps", "--filter", "label=io.taskfleet.role=worker",
-                "--format", "{{.Names}}")
-    return sorted((n for n in out.split() if n.startswith("taskfleet-worker-")),
-                  key=lambda n: int(n.rsplit("-", 1)[1]))
+    out = inner(
+        lab,
+        host,
+        "docker",
+        "ps",
+        "--filter",
+        "label=io.taskfleet.role=worker",
+        "--format",
+        "{{.Names}}",
+    )
+    return sorted(
+        (n for n in out.split() if n.startswith("taskfleet-worker-")),
+        key=lambda n: int(n.rsplit("-", 1)[1]),
+    )
 
 
 def taskfleet_containers(lab: Lab, host: str) -> list[str]:
-    out = inner(lab, host, "docker", "ps", "-a", "--filter", "label=io.taskfleet.managed=true",
-                "--format", "{{.Names}}")
+    out = inner(
+        lab,
+        host,
+        "docker",
+        "ps",
+        "-a",
+        "--filter",
+        "label=io.taskfleet.managed=true",
+        "--format",
+        "{{.Names}}",
+    )
     return sorted(out.split())
 
 
 def master_address(lab: Lab) -> str:
-    args = json.loads(inner(lab, "master", "docker", "inspect", "-f", "{{json .Args}}",
-                            "taskfleet-master"))
+    args = json.loads(
+        inner(lab, "master", "docker", "inspect", "-f", "{{json .Args}}", "taskfleet-master")
+    )
     return f"{args[args.index('--bind') + 1]}:{args[args.index('--port') + 1]}"
 
 
 def master_view(lab: Lab) -> dict[str, Any]:
-    out = inner(lab, "master", "docker", "exec", "taskfleet-master", "taskfleet", "status",
-                "--master", master_address(lab), "--authkey-file",
-                "/run/secrets/taskfleet_authkey", "--json")
+    out = inner(
+        lab,
+        "master",
+        "docker",
+        "exec",
+        "taskfleet-master",
+        "taskfleet",
+        "status",
+        "--master",
+        master_address(lab),
+        "--authkey-file",
+        "/run/secrets/taskfleet_authkey",
+        "--json",
+    )
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -102,9 +143,19 @@ def wait_for(what: str, check: Any, timeout: float = 90) -> Any:
 
 def deployed_per_host(lab: Lab) -> int:
     """taskfleet_workers_per_host as Ansible sees it (inventory, else the role default)."""
-    out = subprocess.run([str(Path(sys.executable).parent / "ansible-inventory"), "-i",
-                          str(lab.inventory_dir), "--host", lab.workers[0]],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-inventory"),
+            "-i",
+            str(lab.inventory_dir),
+            "--host",
+            lab.workers[0],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     value = json.loads(out).get("taskfleet_workers_per_host")
     if value is None:
         defaults = yaml.safe_load((REPO / "deploy/roles/workers/defaults/main.yml").read_text())
@@ -118,26 +169,57 @@ class LongJob:
 
     def __init__(self, lab: Lab, host: str, count: int, chunk_size: int = CHUNK) -> None:
         self.lab, self.host, self.count = lab, host, count
-        image = inner(lab, host, "docker", "inspect", "-f", "{{.Config.Image}}",
-                      "taskfleet-worker-1").strip()
+        image = inner(
+            lab, host, "docker", "inspect", "-f", "{{.Config.Image}}", "taskfleet-worker-1"
+        ).strip()
         self.before = {j["id"] for j in master_view(lab).get("jobs", [])}
         self.proc = subprocess.Popen(
-            ["docker", "exec", lab.container(host), "docker", "run", "--rm", "--name", CLIENT,
-             # not a worker, whatever the image's labels say
-             "--label", "io.taskfleet.role=e2e-client", "--label", "io.taskfleet.e2e=fabric",
-             "--network", "host", "--mount", AUTHKEY_MOUNT,
-             image, "smoke", "--master", master_address(lab), "--authkey-file",
-             "/run/secrets/taskfleet_authkey", "--count", str(count), "--chunk-size",
-             str(chunk_size), "--timeout", "900",
-             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                "docker",
+                "exec",
+                lab.container(host),
+                "docker",
+                "run",
+                "--rm",
+                "--name",
+                CLIENT,
+                # not a worker, whatever the image's labels say
+                "--label",
+                "io.taskfleet.role=e2e-client",
+                "--label",
+                "io.taskfleet.e2e=fabric",
+                "--network",
+                "host",
+                "--mount",
+                AUTHKEY_MOUNT,
+                image,
+                "smoke",
+                "--master",
+                master_address(lab),
+                "--authkey-file",
+                "/run/secrets/taskfleet_authkey",
+                "--count",
+                str(count),
+                "--chunk-size",
+                str(chunk_size),
+                "--timeout",
+                "900",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.started = time.monotonic()
 
     def wait_running(self) -> None:
         """Until the master lists the new job with some (but not all) items done."""
+
         def running() -> bool:
             assert self.proc.poll() is None, f"client ended early: {self.proc.communicate()}"
             jobs = [j for j in master_view(self.lab).get("jobs", []) if j["id"] not in self.before]
             return any(j["state"] == "running" and j.get("items_done", 0) > 0 for j in jobs)
+
         wait_for("the long job to run", running, timeout=120)
 
     def master_job(self) -> dict[str, Any]:
@@ -148,9 +230,11 @@ class LongJob:
 
     def wait_done_on_master(self, timeout: float = 600) -> dict[str, Any]:
         """The master's own account: the job finished with every chunk done once."""
-        job = wait_for("the job to finish on the master",
-                       lambda: (j := self.master_job())["state"] == "done" and j,
-                       timeout=timeout)
+        job = wait_for(
+            "the job to finish on the master",
+            lambda: (j := self.master_job())["state"] == "done" and j,
+            timeout=timeout,
+        )
         assert (job["items_done"], job["items_total"]) == (self.count, self.count), job
         assert job["chunks"]["pending"] == job["chunks"]["leased"] == 0, job
         return dict(job)
@@ -171,13 +255,19 @@ class LongJob:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
-        subprocess.run(["docker", "exec", self.lab.container(self.host), "docker", "rm", "-f",
-                        CLIENT], capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            ["docker", "exec", self.lab.container(self.host), "docker", "rm", "-f", CLIENT],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
 
 def assert_exactly_once(report: dict[str, Any], count: int) -> None:
-    summary = {k: report.get(k) for k in ("ok", "count", "verified", "missing", "wrong",
-                                          "duplicates", "_exit", "_seconds")}
+    summary = {
+        k: report.get(k)
+        for k in ("ok", "count", "verified", "missing", "wrong", "duplicates", "_exit", "_seconds")
+    }
     assert report["ok"] is True, summary
     assert (report["count"], report["verified"]) == (count, count), summary
     assert (report["missing"], report["wrong"], report["duplicates"]) == (0, 0, 0), summary
@@ -186,8 +276,16 @@ def assert_exactly_once(report: dict[str, Any], count: int) -> None:
 
 def is_deployed(lab: Lab) -> bool:
     """The master and at least one worker per worker host run (seen by the engines)."""
-    master = inner(lab, "master", "docker", "ps", "--filter", "name=^taskfleet-master$",
-                   "--format", "{{.Names}}").split()
+    master = inner(
+        lab,
+        "master",
+        "docker",
+        "ps",
+        "--filter",
+        "name=^taskfleet-master$",
+        "--format",
+        "{{.Names}}",
+    ).split()
     return master == ["taskfleet-master"] and all(running_workers(lab, h) for h in lab.workers)
 
 
@@ -203,14 +301,30 @@ def cluster(lab: Lab) -> Lab:
     if manifest:
         extra = ["-e", f"taskfleet_images_manifest={manifest}"]
     else:
-        build = subprocess.run([sys.executable, "-m", "taskfleet.ops.images", "build"],
-                               capture_output=True, text=True, timeout=1800, cwd=REPO,
-                               check=False)
+        build = subprocess.run(
+            [sys.executable, "-m", "taskfleet.ops.images", "build"],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            cwd=REPO,
+            check=False,
+        )
         assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab.inventory_dir),
-         str(REPO / "deploy/site.yml"), *extra], capture_output=True, text=True, timeout=1800,
-        check=False, cwd=REPO, env=env)
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            str(lab.inventory_dir),
+            str(REPO / "deploy/site.yml"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+        cwd=REPO,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     return lab
 
@@ -219,8 +333,12 @@ def cluster(lab: Lab) -> Lab:
 def long_job_host(cluster: Lab) -> Iterator[str]:
     host = cluster.workers[-1]
     yield host
-    subprocess.run(["docker", "exec", cluster.container(host), "docker", "rm", "-f", CLIENT],
-                   capture_output=True, timeout=60, check=False)
+    subprocess.run(
+        ["docker", "exec", cluster.container(host), "docker", "rm", "-f", CLIENT],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +371,8 @@ def test_status_json_reports_every_host_with_its_workers(cluster: Lab) -> None:
     by_name = {h["host"]: h for h in doc["hosts"]}
     master = by_name["master"]
     assert [(c["name"], c["role"], c["state"]) for c in master["containers"]] == [
-        ("taskfleet-master", "master", "running")]
+        ("taskfleet-master", "master", "running")
+    ]
     for host in cluster.workers:
         entry = by_name[host]
         assert entry["ok"] and entry["workers_running"] == per_host, entry
@@ -263,8 +382,13 @@ def test_status_json_reports_every_host_with_its_workers(cluster: Lab) -> None:
     # the master's view: every worker container connected, grouped by inventory host (polled:
     # workers the previous tests removed stay listed until their lease timeout)
     expected = {h: per_host for h in cluster.workers}
-    wait_for("the master's view in status --json to list every worker", lambda: fresh_per_host(
-        json.loads(fab(cluster, "status", "--json").stdout)["master"], 15) == expected)
+    wait_for(
+        "the master's view in status --json to list every worker",
+        lambda: (
+            fresh_per_host(json.loads(fab(cluster, "status", "--json").stdout)["master"], 15)
+            == expected
+        ),
+    )
 
 
 def test_status_tables_show_health_and_the_masters_view(cluster: Lab) -> None:
@@ -286,10 +410,24 @@ def test_logs_are_prefixed_by_host_and_container(cluster: Lab) -> None:
 
 
 def test_followed_logs_stream_new_lines_and_leave_nothing_running(cluster: Lab) -> None:
-    follow = subprocess.Popen([str(FAB), "-r", str(REPO / "deploy"), "logs", "--follow",
-                               "--tail", "0", "--host", "master", "--inventory",
-                               str(cluster.inventory_dir)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follow = subprocess.Popen(
+        [
+            str(FAB),
+            "-r",
+            str(REPO / "deploy"),
+            "logs",
+            "--follow",
+            "--tail",
+            "0",
+            "--host",
+            "master",
+            "--inventory",
+            str(cluster.inventory_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(3)
         assert fab(cluster, "smoke", "--count", "1000").returncode == 0
@@ -301,11 +439,15 @@ def test_followed_logs_stream_new_lines_and_leave_nothing_running(cluster: Lab) 
             follow.kill()
             follow.communicate()
     assert re.search(r"^master/taskfleet-master \| \S+ .*submitted", out, re.M), out + err
+
     # the remote `docker logs --follow` ended with the session
     def gone() -> bool:
         ps = inner(cluster, "master", "ps", "-eo", "args")
-        return not any(line.startswith(("docker logs", "sudo -n sh -c docker logs"))
-                       for line in ps.splitlines())
+        return not any(
+            line.startswith(("docker logs", "sudo -n sh -c docker logs"))
+            for line in ps.splitlines()
+        )
+
     wait_for("the remote docker logs to end", gone, timeout=20)
 
 
@@ -321,7 +463,8 @@ def test_fabric_smoke_uses_every_worker_host(cluster: Lab) -> None:
 
 
 def test_scale_up_and_down_during_a_long_job_loses_nothing(
-        cluster: Lab, long_job_host: str, items_per_s: float) -> None:
+    cluster: Lab, long_job_host: str, items_per_s: float
+) -> None:
     per_host = deployed_per_host(cluster)
     # Four workers per host will go through it about twice as fast as the deployed two.
     count = long_job_size(items_per_s, 60)
@@ -335,8 +478,10 @@ def test_scale_up_and_down_during_a_long_job_loses_nothing(
         for host in cluster.workers:
             assert running_workers(cluster, host) == expected
         # the clones really work: the master hears four workers from every host
-        wait_for("4 workers per host in the master's view",
-                 lambda: fresh_per_host(master_view(cluster)) == {h: 4 for h in cluster.workers})
+        wait_for(
+            "4 workers per host in the master's view",
+            lambda: fresh_per_host(master_view(cluster)) == {h: 4 for h in cluster.workers},
+        )
         assert job.still_running(), "the job ended before the scale-down: make it longer"
 
         down = fab(cluster, "scale", "1")
@@ -350,9 +495,13 @@ def test_scale_up_and_down_during_a_long_job_loses_nothing(
 
     doc = json.loads(fab(cluster, "status", "--json").stdout)
     assert {h["host"]: h["workers_running"] for h in doc["hosts"]} == {
-        "master": 0, **{h: 1 for h in cluster.workers}}
-    wait_for("1 worker per host in the master's view",
-             lambda: fresh_per_host(master_view(cluster)) == {h: 1 for h in cluster.workers})
+        "master": 0,
+        **{h: 1 for h in cluster.workers},
+    }
+    wait_for(
+        "1 worker per host in the master's view",
+        lambda: fresh_per_host(master_view(cluster)) == {h: 1 for h in cluster.workers},
+    )
 
     # back to the deployed shape for the tests that follow
     back = fab(cluster, "scale", str(per_host))
@@ -360,12 +509,18 @@ def test_scale_up_and_down_during_a_long_job_loses_nothing(
 
 
 def test_rolling_restart_during_a_job_loses_nothing(
-        cluster: Lab, long_job_host: str, items_per_s: float) -> None:
+    cluster: Lab, long_job_host: str, items_per_s: float
+) -> None:
     per_host = deployed_per_host(cluster)
-    before = {h: inner(cluster, h, "docker", "inspect", "-f", "{{.State.StartedAt}}",
-                       "taskfleet-worker-1").strip() for h in cluster.workers}
-    before["master"] = inner(cluster, "master", "docker", "inspect", "-f",
-                             "{{.State.StartedAt}}", "taskfleet-master").strip()
+    before = {
+        h: inner(
+            cluster, h, "docker", "inspect", "-f", "{{.State.StartedAt}}", "taskfleet-worker-1"
+        ).strip()
+        for h in cluster.workers
+    }
+    before["master"] = inner(
+        cluster, "master", "docker", "inspect", "-f", "{{.State.StartedAt}}", "taskfleet-master"
+    ).strip()
     # The roll takes about 20 s per host (drain, start, healthcheck, master sees them).
     count = long_job_size(items_per_s, 30 * (len(cluster.workers) + 1))
     job = LongJob(cluster, long_job_host, count)
@@ -374,8 +529,11 @@ def test_rolling_restart_during_a_job_loses_nothing(
         result = fab(cluster, "restart", timeout=900)
         assert result.returncode == 0, result.stdout + result.stderr
         # one host at a time, the master last
-        order = [line.split(":")[0] for line in result.stdout.splitlines()
-                 if line.endswith(": restarted")]
+        order = [
+            line.split(":")[0]
+            for line in result.stdout.splitlines()
+            if line.endswith(": restarted")
+        ]
         assert order == cluster.workers
         # the master's journal kept the job through its restart: nothing lost there ...
         job.wait_done_on_master()
@@ -385,12 +543,17 @@ def test_rolling_restart_during_a_job_loses_nothing(
         job.kill()
     # every container really restarted, and all are back
     for host in cluster.workers:
-        started = inner(cluster, host, "docker", "inspect", "-f", "{{.State.StartedAt}}",
-                        "taskfleet-worker-1").strip()
+        started = inner(
+            cluster, host, "docker", "inspect", "-f", "{{.State.StartedAt}}", "taskfleet-worker-1"
+        ).strip()
         assert started != before[host]
         assert len(running_workers(cluster, host)) == per_host
-    assert inner(cluster, "master", "docker", "inspect", "-f", "{{.State.StartedAt}}",
-                 "taskfleet-master").strip() != before["master"]
+    assert (
+        inner(
+            cluster, "master", "docker", "inspect", "-f", "{{.State.StartedAt}}", "taskfleet-master"
+        ).strip()
+        != before["master"]
+    )
 
 
 # --- host keys ----------------------------------------------------------------------------
@@ -403,8 +566,11 @@ def test_unknown_and_changed_host_keys_are_refused_per_host(cluster: Lab, tmp_pa
         pytest.skip("needs two worker hosts")
     unknown, changed = cluster.workers[0], cluster.workers[1]
     other_key = tmp_path / "other"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)],
-                   check=True, timeout=30)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)],
+        check=True,
+        timeout=30,
+    )
     wrong = " ".join(other_key.with_suffix(".pub").read_text().split()[:2])
     lines = []
     for line in cluster.known_hosts.read_text().splitlines():
@@ -425,17 +591,23 @@ def test_unknown_and_changed_host_keys_are_refused_per_host(cluster: Lab, tmp_pa
         if (cluster.inventory_dir / sub).exists():
             shutil.copytree(cluster.inventory_dir / sub, inv / sub)
 
-    result = subprocess.run([str(FAB), "-r", str(REPO / "deploy"), "status", "--json",
-                             "--inventory", str(inv)],
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [str(FAB), "-r", str(REPO / "deploy"), "status", "--json", "--inventory", str(inv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 1
     hosts = {h["host"]: h for h in json.loads(result.stdout)["hosts"]}
     assert not hosts[unknown]["ok"]
     assert hosts[unknown]["error"].startswith(
-        f"host key of deploy@{cluster.hosts[unknown]}:22 is unknown (not in {known})")
+        f"host key of deploy@{cluster.hosts[unknown]}:22 is unknown (not in {known})"
+    )
     assert not hosts[changed]["ok"]
     assert hosts[changed]["error"].startswith(
-        f"host key of deploy@{cluster.hosts[changed]}:22 does not match {known}")
+        f"host key of deploy@{cluster.hosts[changed]}:22 does not match {known}"
+    )
     others = [h for h in hosts if h not in (unknown, changed)]
     assert others and all(hosts[h]["ok"] for h in others)
     # nothing was learnt: the file is exactly what we wrote
@@ -460,7 +632,24 @@ def test_down_purge_also_removes_the_journal_and_the_authkey(cluster: Lab) -> No
     assert result.returncode == 0, result.stdout + result.stderr
     for host in ["master", *cluster.workers]:
         assert taskfleet_containers(cluster, host) == []
-        assert inner(cluster, host, "docker", "volume", "ls", "-q", "--filter",
-                     "label=io.taskfleet.managed=true") == ""
-        assert subprocess.run(["docker", "exec", cluster.container(host), "test", "-e",
-                               "/etc/taskfleet/authkey"], timeout=60, check=False).returncode == 1
+        assert (
+            inner(
+                cluster,
+                host,
+                "docker",
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                "label=io.taskfleet.managed=true",
+            )
+            == ""
+        )
+        assert (
+            subprocess.run(
+                ["docker", "exec", cluster.container(host), "test", "-e", "/etc/taskfleet/authkey"],
+                timeout=60,
+                check=False,
+            ).returncode
+            == 1
+        )

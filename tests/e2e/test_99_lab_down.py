@@ -36,8 +36,11 @@ def test_make_lab_down_removes_every_labelled_object_but_the_apt_cache(lab: Lab)
     try:
         proc = subprocess.run(
             ["make", "--no-print-directory", "lab-down"],
-            capture_output=True, text=True, timeout=300, cwd=REPO,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         cache = lab.cfg.aptcache_volume
         # Exactly the apt cache volume is kept, on purpose (CI's next install is fast).
@@ -56,8 +59,11 @@ def test_make_lab_down_removes_every_labelled_object_but_the_apt_cache(lab: Lab)
 
         again = subprocess.run(
             ["make", "--no-print-directory", "lab-down"],
-            capture_output=True, text=True, timeout=120, cwd=REPO,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
         assert again.returncode == 0, again.stderr
         assert "removed 0 containers, 0 volumes, 0 networks (nothing was running)" in again.stdout
     finally:

@@ -13,8 +13,12 @@ BIN = Path(sys.executable).parent
 def test_ruff_passes() -> None:
     result = subprocess.run(
         [str(BIN / "ruff"), "check", "--no-cache", "src", "tests", "bench", "deploy/fabfile.py"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 

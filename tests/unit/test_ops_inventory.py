@@ -27,15 +27,19 @@ def files(tmp_path: Path) -> dict[str, Path]:
     return {"key": key, "known": known}
 
 
-def listing(files: dict[str, Path], masters: list[str], workers: list[str],
-            **extra: dict[str, Any]) -> dict[str, Any]:
-    ssh = {"ansible_user": "deploy", "ansible_ssh_private_key_file": str(files["key"]),
-           "ansible_ssh_common_args":
-               f"-o UserKnownHostsFile={files['known']} -o StrictHostKeyChecking=yes"}
+def listing(
+    files: dict[str, Path], masters: list[str], workers: list[str], **extra: dict[str, Any]
+) -> dict[str, Any]:
+    ssh = {
+        "ansible_user": "deploy",
+        "ansible_ssh_private_key_file": str(files["key"]),
+        "ansible_ssh_common_args": (
+            f"-o UserKnownHostsFile={files['known']} -o StrictHostKeyChecking=yes"
+        ),
+    }
     hostvars: dict[str, Any] = {}
     for i, name in enumerate([*masters, *workers, "outsider"]):
-        hostvars[name] = {**ssh, "ansible_host": f"172.28.40.{10 + i}",
-                          **extra.get(name, {})}
+        hostvars[name] = {**ssh, "ansible_host": f"172.28.40.{10 + i}", **extra.get(name, {})}
     return {
         "_meta": {"hostvars": hostvars},
         "all": {"children": ["ungrouped", "taskfleet_master", "taskfleet_workers"]},
@@ -78,8 +82,15 @@ def test_workers_from_child_groups_count(files: dict[str, Path]) -> None:
 
 
 def test_master_bind_and_port_come_from_group_vars(files: dict[str, Path]) -> None:
-    inv = parse_inventory(listing(files, ["master"], ["w"], master={
-        "taskfleet_bind_ip": "10.1.2.3", "taskfleet_master_port": 7999}), "inv")
+    inv = parse_inventory(
+        listing(
+            files,
+            ["master"],
+            ["w"],
+            master={"taskfleet_bind_ip": "10.1.2.3", "taskfleet_master_port": 7999},
+        ),
+        "inv",
+    )
     assert (inv.master_bind, inv.master_port) == ("10.1.2.3", 7999)
     plain = parse_inventory(listing(files, ["master"], ["w"]), "inv")
     assert (plain.master_bind, plain.master_port) == ("172.28.40.10", 7451)
@@ -95,7 +106,8 @@ def test_no_master_and_no_workers_are_both_reported(files: dict[str, Path]) -> N
     assert str(info.value) == (
         "inventory inventory/x is not usable — fix these:\n"
         "  taskfleet_master: needs exactly one host, found 0\n"
-        "  taskfleet_workers: needs at least one host, found 0")
+        "  taskfleet_workers: needs at least one host, found 0"
+    )
 
 
 def test_two_masters_are_named(files: dict[str, Path]) -> None:
@@ -105,9 +117,15 @@ def test_two_masters_are_named(files: dict[str, Path]) -> None:
 
 
 def test_bad_port_and_missing_key_file_name_the_host_and_variable(
-        files: dict[str, Path], tmp_path: Path) -> None:
-    data = listing(files, ["master"], ["w1", "w2"], w1={"ansible_port": "ssh"},
-                   w2={"ansible_ssh_private_key_file": str(tmp_path / "gone")})
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    data = listing(
+        files,
+        ["master"],
+        ["w1", "w2"],
+        w1={"ansible_port": "ssh"},
+        w2={"ansible_ssh_private_key_file": str(tmp_path / "gone")},
+    )
     with pytest.raises(InventoryError) as info:
         parse_inventory(data, "inv")
     assert info.value.problems == [
@@ -117,13 +135,18 @@ def test_bad_port_and_missing_key_file_name_the_host_and_variable(
 
 
 def test_missing_known_hosts_file_is_refused(files: dict[str, Path], tmp_path: Path) -> None:
-    data = listing(files, ["master"], ["w1"], w1={
-        "ansible_ssh_common_args": f"-o UserKnownHostsFile={tmp_path}/nope"})
+    data = listing(
+        files,
+        ["master"],
+        ["w1"],
+        w1={"ansible_ssh_common_args": f"-o UserKnownHostsFile={tmp_path}/nope"},
+    )
     with pytest.raises(InventoryError) as info:
         parse_inventory(data, "inv")
     assert info.value.problems == [
         f"hosts/w1/ansible_ssh_common_args: UserKnownHostsFile {tmp_path}/nope does not exist "
-        "— create it (ssh-keyscan, then check the fingerprints)"]
+        "— create it (ssh-keyscan, then check the fingerprints)"
+    ]
 
 
 def test_jinja_values_are_refused_rather_than_used_literally(files: dict[str, Path]) -> None:
@@ -132,7 +155,8 @@ def test_jinja_values_are_refused_rather_than_used_literally(files: dict[str, Pa
         parse_inventory(data, "inv")
     assert info.value.problems == [
         "hosts/w1/ansible_host: is a Jinja template (\"{{ lookup('env', 'X') }}\"); "
-        "the Fabric tasks read literal values — set it literally"]
+        "the Fabric tasks read literal values — set it literally"
+    ]
 
 
 def test_without_known_hosts_option_the_user_file_is_used(files: dict[str, Path]) -> None:
@@ -141,25 +165,34 @@ def test_without_known_hosts_option_the_user_file_is_used(files: dict[str, Path]
     assert inv.workers[0].known_hosts is None
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    ("-o UserKnownHostsFile=/a/kh -o StrictHostKeyChecking=yes", "/a/kh"),
-    ("-oUserKnownHostsFile=/b/kh", "/b/kh"),
-    ("-o 'UserKnownHostsFile /c/kh /d/kh'", "/c/kh"),
-    ("-o userknownhostsfile=/e/kh", "/e/kh"),
-    ("-o StrictHostKeyChecking=yes", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ("-o UserKnownHostsFile=/a/kh -o StrictHostKeyChecking=yes", "/a/kh"),
+        ("-oUserKnownHostsFile=/b/kh", "/b/kh"),
+        ("-o 'UserKnownHostsFile /c/kh /d/kh'", "/c/kh"),
+        ("-o userknownhostsfile=/e/kh", "/e/kh"),
+        ("-o StrictHostKeyChecking=yes", None),
+        ("", None),
+    ],
+)
 def test_known_hosts_file_is_found_in_ssh_args(args: str, expected: str | None) -> None:
     assert known_hosts_from_args(args) == expected
 
 
 def test_unknown_host_name_lists_the_valid_ones(files: dict[str, Path]) -> None:
     inv = parse_inventory(listing(files, ["master"], ["worker1", "worker2"]), "inv")
-    with pytest.raises(OpsError, match=r"^unknown host 'w9' — valid hosts: master, worker1, "
-                                       r"worker2$"):
+    with pytest.raises(
+        OpsError,
+        match=r"^unknown host 'w9' — valid hosts: master, worker1, "
+        r"worker2$",
+    ):
         inv.host("w9")
-    with pytest.raises(OpsError, match=r"^'master' is not a worker host — worker hosts: "
-                                       r"worker1, worker2$"):
+    with pytest.raises(
+        OpsError,
+        match=r"^'master' is not a worker host — worker hosts: "
+        r"worker1, worker2$",
+    ):
         inv.worker("master")
 
 
@@ -167,7 +200,9 @@ def test_unknown_host_name_lists_the_valid_ones(files: dict[str, Path]) -> None:
 
 needs_ansible = pytest.mark.skipif(
     not (Path(sys.executable).parent / "ansible-inventory").exists()
-    and shutil.which("ansible-inventory") is None, reason="ansible-inventory not installed")
+    and shutil.which("ansible-inventory") is None,
+    reason="ansible-inventory not installed",
+)
 
 
 @needs_ansible
@@ -178,11 +213,13 @@ def test_group_vars_and_host_vars_are_honoured(files: dict[str, Path], tmp_path:
     (inv_dir / "hosts.yml").write_text(
         "all:\n  children:\n"
         "    taskfleet_master:\n      hosts:\n        m:\n          ansible_host: 10.9.0.10\n"
-        "    taskfleet_workers:\n      hosts:\n        w1:\n          ansible_host: 10.9.0.11\n")
+        "    taskfleet_workers:\n      hosts:\n        w1:\n          ansible_host: 10.9.0.11\n"
+    )
     (inv_dir / "group_vars" / "all" / "ssh.yml").write_text(
         f"ansible_user: deploy\nansible_ssh_private_key_file: {files['key']}\n"
         f"ansible_ssh_common_args: -o UserKnownHostsFile={files['known']}\n"
-        "taskfleet_master_port: 7452\n")
+        "taskfleet_master_port: 7452\n"
+    )
     (inv_dir / "host_vars" / "w1.yml").write_text("ansible_port: 2222\n")
     inv = load_inventory(inv_dir)
     assert (inv.master.address, inv.master_port) == ("10.9.0.10", 7452)
@@ -198,11 +235,14 @@ def test_an_unparsable_inventory_is_one_error_naming_file_and_line(tmp_path: Pat
     assert str(info.value) == (
         f"ansible-inventory cannot read {tmp_path}: YAML parsing failed: While parsing a flow "
         f"sequence did not find expected ',' or ']'. (at {tmp_path}/hosts.yml:2:1) "
-        "— fix the inventory (or the vault password) and retry")
+        "— fix the inventory (or the vault password) and retry"
+    )
 
 
 def test_a_missing_inventory_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(OpsError) as info:
         load_inventory(tmp_path / "nope")
-    assert str(info.value) == (f"no inventory at {tmp_path / 'nope'} — use INVENTORY=local "
-                               "(make lab) or copy inventory/lab and fill in your hosts")
+    assert str(info.value) == (
+        f"no inventory at {tmp_path / 'nope'} — use INVENTORY=local "
+        "(make lab) or copy inventory/lab and fill in your hosts"
+    )

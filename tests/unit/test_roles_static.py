@@ -16,8 +16,16 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES_DIR = REPO / "deploy" / "roles"
-ROLES = ["preflight", "docker_engine", "firewall", "authkey", "images", "master", "workers",
-         "smoke"]  # fmt: skip
+ROLES = [
+    "preflight",
+    "docker_engine",
+    "firewall",
+    "authkey",
+    "images",
+    "master",
+    "workers",
+    "smoke",
+]
 SKELETON = [
     "defaults/main.yml",
     "tasks/main.yml",
@@ -27,8 +35,12 @@ SKELETON = [
     "vars/main.yml",
 ]
 # Cluster-wide settings that several roles read; each such role carries the same default.
-SHARED = {"taskfleet_bind_ip", "taskfleet_master_port", "taskfleet_authkey_path",
-          "taskfleet_images_manifest"}  # fmt: skip
+SHARED = {
+    "taskfleet_bind_ip",
+    "taskfleet_master_port",
+    "taskfleet_authkey_path",
+    "taskfleet_images_manifest",
+}
 
 
 def load(path: Path) -> Any:

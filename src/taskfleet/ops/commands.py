@@ -59,8 +59,10 @@ def inspect_managed(sudo: bool) -> str:
     command, and POSIX sh has no pipefail.
     """
     d = sh(docker(sudo))
-    return (f"ids=$({d} ps -aq --filter label={LABEL_MANAGED}) && "
-            f'{{ [ -z "$ids" ] || {d} inspect $ids; }}')
+    return (
+        f"ids=$({d} ps -aq --filter label={LABEL_MANAGED}) && "
+        f'{{ [ -z "$ids" ] || {d} inspect $ids; }}'
+    )
 
 
 def inspect(sudo: bool, names: Sequence[str]) -> list[str]:
@@ -77,24 +79,40 @@ def master_exec(sudo: bool, args: Sequence[str]) -> list[str]:
 
 
 def master_status(sudo: bool, master: str) -> list[str]:
-    return master_exec(sudo, ["status", "--master", master,
-                              "--authkey-file", AUTHKEY_IN_CONTAINER, "--json"])
+    return master_exec(
+        sudo, ["status", "--master", master, "--authkey-file", AUTHKEY_IN_CONTAINER, "--json"]
+    )
 
 
-def smoke(sudo: bool, master: str, count: int, hosts: Sequence[str],
-          timeout: float) -> list[str]:
-    args = ["smoke", "--master", master, "--authkey-file", AUTHKEY_IN_CONTAINER,
-            "--count", str(count)]
+def smoke(sudo: bool, master: str, count: int, hosts: Sequence[str], timeout: float) -> list[str]:
+    args = [
+        "smoke",
+        "--master",
+        master,
+        "--authkey-file",
+        AUTHKEY_IN_CONTAINER,
+        "--count",
+        str(count),
+    ]
     if hosts:
         args += ["--expect-hosts", ",".join(hosts)]
     args += ["--timeout", f"{timeout:g}", "--json"]
     return master_exec(sudo, args)
 
 
-def submit(sudo: bool, master: str, job: str, count: int, chunk_size: int | None = None,
-           wait: bool = False) -> list[str]:
-    args = ["submit", job, "--range", str(count), "--master", master,
-            "--authkey-file", AUTHKEY_IN_CONTAINER]
+def submit(
+    sudo: bool, master: str, job: str, count: int, chunk_size: int | None = None, wait: bool = False
+) -> list[str]:
+    args = [
+        "submit",
+        job,
+        "--range",
+        str(count),
+        "--master",
+        master,
+        "--authkey-file",
+        AUTHKEY_IN_CONTAINER,
+    ]
     if chunk_size:
         args += ["--chunk-size", str(chunk_size)]
     if not wait:
@@ -103,8 +121,9 @@ def submit(sudo: bool, master: str, job: str, count: int, chunk_size: int | None
     return master_exec(sudo, args)
 
 
-def logs(sudo: bool, names: Sequence[str], since: str | None, follow: bool,
-         tail: int | None = None) -> str:
+def logs(
+    sudo: bool, names: Sequence[str], since: str | None, follow: bool, tail: int | None = None
+) -> str:
     """One shell line that prints every named container's log, each line prefixed
     ``<container> | ``.
 
@@ -126,8 +145,10 @@ def logs(sudo: bool, names: Sequence[str], since: str | None, follow: bool,
     for name in names:
         # sed -u: unbuffered, so followed lines appear as they are written.
         prefix = name.replace("/", r"\/") + " | "
-        parts.append(f"docker logs {sh(opts)} {shlex.quote(name)} 2>&1"
-                     f" | sed -u {shlex.quote('s/^/' + prefix + '/')}")
+        parts.append(
+            f"docker logs {sh(opts)} {shlex.quote(name)} 2>&1"
+            f" | sed -u {shlex.quote('s/^/' + prefix + '/')}"
+        )
     if not parts:
         return "true"
     if follow:
@@ -164,9 +185,11 @@ def remove_volumes(sudo: bool, names: Sequence[str]) -> list[str]:
 
 def remove_authkey(sudo: bool) -> str:
     prefix = "sudo -n " if sudo else ""
-    return (f"{prefix}rm -f {AUTHKEY_ON_HOST} && "
-            f"{prefix}rmdir --ignore-fail-on-non-empty {AUTHKEY_ON_HOST.rsplit('/', 1)[0]}"
-            " 2>/dev/null || true")
+    return (
+        f"{prefix}rm -f {AUTHKEY_ON_HOST} && "
+        f"{prefix}rmdir --ignore-fail-on-non-empty {AUTHKEY_ON_HOST.rsplit('/', 1)[0]}"
+        " 2>/dev/null || true"
+    )
 
 
 def _ns_to_duration(ns: int) -> str:
@@ -178,8 +201,9 @@ def _differs(container: Mapping[str, Any], image: Mapping[str, Any], key: str) -
     return container.get(key) != image.get(key)
 
 
-def clone_run(container: Mapping[str, Any], image: Mapping[str, Any], new_name: str,
-              sudo: bool) -> list[str]:
+def clone_run(
+    container: Mapping[str, Any], image: Mapping[str, Any], new_name: str, sudo: bool
+) -> list[str]:
     """``docker run -d`` argv that recreates ``container`` (docker inspect JSON) as
     ``new_name``: same image, command, mounts, network, restart policy, labels and
     limits, so a scaled-up worker is configured exactly like the deployed ones.
@@ -274,8 +298,11 @@ def clone_run(container: Mapping[str, Any], image: Mapping[str, Any], new_name: 
         elif test:
             cmd = test[1] if test[0] == "CMD-SHELL" else sh(test[1:])
             argv += ["--health-cmd", cmd]
-            for key, flag in (("Interval", "--health-interval"), ("Timeout", "--health-timeout"),
-                              ("StartPeriod", "--health-start-period")):
+            for key, flag in (
+                ("Interval", "--health-interval"),
+                ("Timeout", "--health-timeout"),
+                ("StartPeriod", "--health-start-period"),
+            ):
                 if health.get(key):
                     argv += [flag, _ns_to_duration(int(health[key]))]
             if health.get("Retries"):

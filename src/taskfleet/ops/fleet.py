@@ -60,13 +60,20 @@ def connect(host: Host, timeout: float = CONNECT_TIMEOUT) -> Connection:
     if host.key_file is not None:
         # Only the inventory's key: no agent, no ~/.ssh/id_* guessing (ansible_ssh_private_key_file
         # is what the deploy uses, so Fabric must succeed or fail the same way).
-        connect_kwargs.update(key_filename=str(host.key_file), look_for_keys=False,
-                              allow_agent=False)
+        connect_kwargs.update(
+            key_filename=str(host.key_file), look_for_keys=False, allow_agent=False
+        )
     # An explicit empty SSHConfig keeps ~/.ssh/config and /etc/ssh/ssh_config out: the
     # inventory alone decides address, port, user and key, as it does for Ansible.
     config = Config(ssh_config=paramiko.SSHConfig())
-    conn = Connection(host.address, user=host.user, port=host.port, config=config,
-                      connect_timeout=int(timeout), connect_kwargs=connect_kwargs)
+    conn = Connection(
+        host.address,
+        user=host.user,
+        port=host.port,
+        config=config,
+        connect_timeout=int(timeout),
+        connect_kwargs=connect_kwargs,
+    )
     client: paramiko.SSHClient = conn.client
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     known = host.known_hosts or user_known_hosts()
@@ -80,11 +87,15 @@ def explain(host: Host, exc: BaseException) -> str:
     where = f"{host.user}@{host.address}:{host.port}"
     known = host.known_hosts or user_known_hosts()
     if isinstance(exc, paramiko.BadHostKeyException):
-        return (f"host key of {where} does not match {known} — if the machine was rebuilt, "
-                "check its new fingerprint and replace the line in that file")
+        return (
+            f"host key of {where} does not match {known} — if the machine was rebuilt, "
+            "check its new fingerprint and replace the line in that file"
+        )
     if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
-        return (f"host key of {where} is unknown (not in {known}) — refusing to connect; "
-                "add it after checking its fingerprint (ssh-keyscan)")
+        return (
+            f"host key of {where} is unknown (not in {known}) — refusing to connect; "
+            "add it after checking its fingerprint (ssh-keyscan)"
+        )
     if isinstance(exc, paramiko.AuthenticationException):
         key = host.key_file or "the default keys"
         return f"SSH login to {where} with {key} was refused — check ansible_user and the key"
@@ -95,17 +106,21 @@ def explain(host: Host, exc: BaseException) -> str:
         return f"command timed out after {exc.timeout}s on {host.name}: {exc.result.command}"
     if isinstance(exc, UnexpectedExit):
         result = exc.result
-        lines = [ln.strip() for ln in (result.stderr or result.stdout or "").splitlines()
-                 if ln.strip()]
+        lines = [
+            ln.strip() for ln in (result.stderr or result.stdout or "").splitlines() if ln.strip()
+        ]
         last = lines[-1] if lines else "no output"
         if "a password is required" in last:
-            return (f"sudo on {host.name} asks for a password — the deploy user needs "
-                    "passwordless sudo (NOPASSWD)")
+            return (
+                f"sudo on {host.name} asks for a password — the deploy user needs "
+                "passwordless sudo (NOPASSWD)"
+            )
         if "docker: command not found" in last or "docker: not found" in last:
             return f"Docker is not installed on {host.name} — run `make deploy` first"
         if "Cannot connect to the Docker daemon" in last:
-            return (f"the Docker engine on {host.name} is not running — "
-                    "start it or re-run the deploy")
+            return (
+                f"the Docker engine on {host.name} is not running — start it or re-run the deploy"
+            )
         return f"`{result.command}` failed (exit {result.exited}): {last}"
     if isinstance(exc, OpsError):
         return str(exc)
@@ -128,8 +143,9 @@ def parallelism() -> int:
         return DEFAULT_PARALLEL
 
 
-def run_on_hosts(hosts: Sequence[Host], fn: Callable[[Connection, Host], T],
-                 parallel: int | None = None) -> list[HostResult[T]]:
+def run_on_hosts(
+    hosts: Sequence[Host], fn: Callable[[Connection, Host], T], parallel: int | None = None
+) -> list[HostResult[T]]:
     """Call ``fn(connection, host)`` for every host, at most ``parallel`` at a time.
 
     A host whose connection or command fails gets ``ok=False`` and a one-line
@@ -144,8 +160,9 @@ def run_on_hosts(hosts: Sequence[Host], fn: Callable[[Connection, Host], T],
             value = fn(conn, host)
             return HostResult(host.name, True, value=value, seconds=time.monotonic() - start)
         except Exception as exc:  # one host's failure must not stop the others
-            return HostResult(host.name, False, error=explain(host, exc),
-                              seconds=time.monotonic() - start)
+            return HostResult(
+                host.name, False, error=explain(host, exc), seconds=time.monotonic() - start
+            )
         finally:
             conn.close()
 

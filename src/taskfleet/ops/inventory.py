@@ -159,12 +159,20 @@ def _path(value: str) -> Path:
 def _parse_host(name: str, hv: Mapping[str, Any], problems: list[str]) -> Host | None:
     where = f"hosts/{name}"
     bad = False
-    for key in ("ansible_host", "ansible_user", "ansible_port", "ansible_ssh_private_key_file",
-                "ansible_ssh_common_args", "ansible_ssh_extra_args"):
+    for key in (
+        "ansible_host",
+        "ansible_user",
+        "ansible_port",
+        "ansible_ssh_private_key_file",
+        "ansible_ssh_common_args",
+        "ansible_ssh_extra_args",
+    ):
         value = hv.get(key)
         if isinstance(value, str) and "{{" in value:
-            problems.append(f"{where}/{key}: is a Jinja template ({value!r}); "
-                            "the Fabric tasks read literal values — set it literally")
+            problems.append(
+                f"{where}/{key}: is a Jinja template ({value!r}); "
+                "the Fabric tasks read literal values — set it literally"
+            )
             bad = True
     if bad:
         return None
@@ -202,12 +210,21 @@ def _parse_host(name: str, hv: Mapping[str, Any], problems: list[str]) -> Host |
                 known_hosts = _path(found)
                 break
     if known_hosts is not None and not known_hosts.is_file():
-        problems.append(f"{where}/ansible_ssh_common_args: UserKnownHostsFile {known_hosts} "
-                        "does not exist — create it (ssh-keyscan, then check the fingerprints)")
+        problems.append(
+            f"{where}/ansible_ssh_common_args: UserKnownHostsFile {known_hosts} "
+            "does not exist — create it (ssh-keyscan, then check the fingerprints)"
+        )
         return None
 
-    return Host(name=name, address=address, user=user, port=port, key_file=key_file,
-                known_hosts=known_hosts, vars=dict(hv))
+    return Host(
+        name=name,
+        address=address,
+        user=user,
+        port=port,
+        key_file=key_file,
+        known_hosts=known_hosts,
+        vars=dict(hv),
+    )
 
 
 def parse_inventory(data: Mapping[str, Any], source: str) -> Inventory:
@@ -238,8 +255,9 @@ def parse_inventory(data: Mapping[str, Any], source: str) -> Inventory:
 
     if problems:
         raise InventoryError(source, problems)
-    return Inventory(source=source, master=parsed[masters[0]],
-                     workers=tuple(parsed[n] for n in workers))
+    return Inventory(
+        source=source, master=parsed[masters[0]], workers=tuple(parsed[n] for n in workers)
+    )
 
 
 def ansible_inventory_binary() -> str:
@@ -249,8 +267,10 @@ def ansible_inventory_binary() -> str:
         return str(beside)
     found = shutil.which("ansible-inventory")
     if not found:
-        raise OpsError("ansible-inventory not found — install the ops extra "
-                       "(make venv, or pip install 'taskfleet[ops]')")
+        raise OpsError(
+            "ansible-inventory not found — install the ops extra "
+            "(make venv, or pip install 'taskfleet[ops]')"
+        )
     return found
 
 
@@ -258,10 +278,17 @@ def _first_reason(stderr: str) -> str:
     """The most useful line of ansible-inventory's complaint: the first plugin's
     reason plus the file:line it points at."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    reason = next((ln.split(": ", 2)[-1] for ln in lines
-                   if ln.startswith("[WARNING]: Failed to parse")), None)
-    origin = next((ln.removeprefix("Origin: ") for ln in lines
-                   if ln.startswith("Origin: ") and not ln.startswith("Origin: <")), None)
+    reason = next(
+        (ln.split(": ", 2)[-1] for ln in lines if ln.startswith("[WARNING]: Failed to parse")), None
+    )
+    origin = next(
+        (
+            ln.removeprefix("Origin: ")
+            for ln in lines
+            if ln.startswith("Origin: ") and not ln.startswith("Origin: <")
+        ),
+        None,
+    )
     if reason is None:
         errors = [ln for ln in lines if ln.startswith("[ERROR]")] or lines
         return errors[-1].removeprefix("[ERROR]: ") if errors else "no output"
@@ -276,24 +303,32 @@ def load_inventory(path: str | Path, timeout: float = 60) -> Inventory:
     """
     source = str(path)
     if not Path(path).exists():
-        raise OpsError(f"no inventory at {source} — use INVENTORY=local (make lab) "
-                       "or copy inventory/lab and fill in your hosts")
+        raise OpsError(
+            f"no inventory at {source} — use INVENTORY=local (make lab) "
+            "or copy inventory/lab and fill in your hosts"
+        )
     argv = [ansible_inventory_binary(), "-i", source, "--list"]
     # By default ansible-inventory only warns about a source it cannot parse and
     # lists an empty inventory; make that an error so it is reported as such.
     env = {**os.environ, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"}
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False, env=env)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
     except subprocess.TimeoutExpired as exc:
-        raise OpsError(f"ansible-inventory -i {source} took more than {timeout:.0f}s "
-                       "— check the inventory plugins and vault settings") from exc
+        raise OpsError(
+            f"ansible-inventory -i {source} took more than {timeout:.0f}s "
+            "— check the inventory plugins and vault settings"
+        ) from exc
     if proc.returncode != 0:
-        raise OpsError(f"ansible-inventory cannot read {source}: {_first_reason(proc.stderr)} "
-                       "— fix the inventory (or the vault password) and retry")
+        raise OpsError(
+            f"ansible-inventory cannot read {source}: {_first_reason(proc.stderr)} "
+            "— fix the inventory (or the vault password) and retry"
+        )
     try:
         data = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
-        raise OpsError(f"ansible-inventory printed no JSON for {source} ({exc}) "
-                       "— run it by hand to see why") from exc
+        raise OpsError(
+            f"ansible-inventory printed no JSON for {source} ({exc}) — run it by hand to see why"
+        ) from exc
     return parse_inventory(data, source)

@@ -91,10 +91,20 @@ ROLE_APTCACHE_VOLUME = "aptcache-volume"
 # The Docker-in-Docker recipe that works on kernels that refuse --privileged
 # (it withholds CAP_SYS_RESOURCE): see ENVIRONMENT.md "Simulated machines".
 HOST_CAPS = [
-    "SYS_ADMIN", "NET_ADMIN", "NET_RAW", "MKNOD", "SYS_PTRACE", "SYS_CHROOT",
-    "SETFCAP", "SETPCAP", "AUDIT_WRITE", "AUDIT_CONTROL", "IPC_LOCK",
-    "DAC_READ_SEARCH", "SYS_NICE",
-]  # fmt: skip
+    "SYS_ADMIN",
+    "NET_ADMIN",
+    "NET_RAW",
+    "MKNOD",
+    "SYS_PTRACE",
+    "SYS_CHROOT",
+    "SETFCAP",
+    "SETPCAP",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "IPC_LOCK",
+    "DAC_READ_SEARCH",
+    "SYS_NICE",
+]
 HOST_SECURITY_OPT = ["seccomp=unconfined", "apparmor=unconfined"]
 
 SSH_WAIT_S = 60.0
@@ -376,9 +386,14 @@ def ensure_image(client: docker.DockerClient, kind: str, base: str, log: Log) ->
     started = time.monotonic()
     tail: list[str] = []
     for chunk in client.api.build(
-        path=str(context), tag=tag, buildargs={"BASE_IMAGE": base},
-        rm=True, forcerm=True, pull=False, decode=True,
-    ):  # fmt: skip
+        path=str(context),
+        tag=tag,
+        buildargs={"BASE_IMAGE": base},
+        rm=True,
+        forcerm=True,
+        pull=False,
+        decode=True,
+    ):
         if "error" in chunk:
             detail = str(chunk["error"]).strip().splitlines()[-1]
             raise LabError(
@@ -442,9 +457,12 @@ def ensure_network(client: docker.DockerClient, cfg: LabConfig, log: Log) -> Non
     )
     try:
         client.networks.create(
-            cfg.network, driver="bridge", ipam=ipam, labels=cfg.labels(ROLE_NETWORK),
+            cfg.network,
+            driver="bridge",
+            ipam=ipam,
+            labels=cfg.labels(ROLE_NETWORK),
             check_duplicate=True,
-        )  # fmt: skip
+        )
     except docker.errors.APIError as exc:
         text = _api_error(exc)
         if "overlap" in text.lower():
@@ -485,9 +503,14 @@ def _create_container(
     )
     try:
         created = api.create_container(
-            image, name=name, hostname=hostname, labels=labels, host_config=hc,
-            networking_config=net, detach=True,
-        )  # fmt: skip
+            image,
+            name=name,
+            hostname=hostname,
+            labels=labels,
+            host_config=hc,
+            networking_config=net,
+            detach=True,
+        )
     except docker.errors.APIError as exc:
         raise LabError(
             f"cannot create {name}: {_api_error(exc)} — run make lab-down, then make lab"
@@ -504,11 +527,16 @@ def ensure_aptcache(client: docker.DockerClient, cfg: LabConfig, image: str, log
     if box is None:
         _ensure_volume(client, cfg.aptcache_volume, cfg.labels(ROLE_APTCACHE_VOLUME))
         cid = _create_container(
-            client, cfg, name=name, image=image, hostname="aptcache", ip=cfg.aptcache_ip,
+            client,
+            cfg,
+            name=name,
+            image=image,
+            hostname="aptcache",
+            ip=cfg.aptcache_ip,
             labels=cfg.labels(ROLE_APTCACHE, "aptcache"),
             binds={cfg.aptcache_volume: {"bind": "/var/cache/apt-cacher-ng", "mode": "rw"}},
             host_config={"restart_policy": {"Name": "unless-stopped"}},
-        )  # fmt: skip
+        )
         client.api.start(cid)
         action = "created"
     elif box.status != "running":
@@ -555,8 +583,9 @@ def _keygen(path: Path, comment: str) -> None:
         )
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
 
 
 def ensure_keys(cfg: LabConfig) -> dict[str, str]:
@@ -578,9 +607,11 @@ def _host_files(cfg: LabConfig, host: str, with_proxy: bool) -> dict[str, tuple[
         "/etc/ssh/ssh_host_ed25519_key": (key.read_bytes(), 0o600, 0),
         "/etc/ssh/ssh_host_ed25519_key.pub": (key.with_suffix(".pub").read_bytes(), 0o644, 0),
         f"/home/{DEPLOY_USER}/.ssh/authorized_keys": (
-            cfg.key.with_suffix(".pub").read_bytes(), 0o600, DEPLOY_UID,
+            cfg.key.with_suffix(".pub").read_bytes(),
+            0o600,
+            DEPLOY_UID,
         ),
-    }  # fmt: skip
+    }
     if with_proxy:
         files["/etc/apt/apt.conf.d/01proxy"] = (apt_proxy_conf(cfg).encode(), 0o644, 0)
     return files
@@ -656,7 +687,12 @@ def _start_host(
         volume = cfg.docker_volume(spec.name)
         _ensure_volume(client, volume, cfg.labels(ROLE_HOST_VOLUME, spec.name))
         cid = _create_container(
-            client, cfg, name=name, image=image, hostname=spec.name, ip=spec.ip,
+            client,
+            cfg,
+            name=name,
+            image=image,
+            hostname=spec.name,
+            ip=spec.ip,
             labels=cfg.labels(ROLE_HOST, spec.name),
             binds={
                 # The inner engine needs the cgroup tree to start containers and
@@ -665,7 +701,7 @@ def _start_host(
                 volume: {"bind": "/var/lib/docker", "mode": "rw"},
             },
             host_config={"cap_add": HOST_CAPS, "security_opt": HOST_SECURITY_OPT},
-        )  # fmt: skip
+        )
         # Keys go in before the first start: sshd never runs without its own host key.
         client.api.put_archive(cid, "/", host_archive(files))
         client.api.start(cid)
@@ -760,12 +796,20 @@ def _up(cfg: LabConfig, log: Log) -> LabInfo:
     _write_atomic(cfg.hosts_file, render_inventory(cfg))
     _link_group_vars(cfg, log)
     rel = _display(cfg.hosts_file)
-    log(f"==> lab {cfg.name} ready in {time.monotonic() - started:.0f} s: {rel}, "
-        f"{_display(cfg.known_hosts)}, key {_display(cfg.key)}")  # fmt: skip
+    log(
+        f"==> lab {cfg.name} ready in {time.monotonic() - started:.0f} s: {rel}, "
+        f"{_display(cfg.known_hosts)}, key {_display(cfg.key)}"
+    )
     return LabInfo(
-        cfg.name, cfg.network, str(cfg.subnet), cfg.inventory_dir,
-        {s.name: s.ip for s in cfg.hosts()}, cfg.key, cfg.known_hosts, containers,
-    )  # fmt: skip
+        cfg.name,
+        cfg.network,
+        str(cfg.subnet),
+        cfg.inventory_dir,
+        {s.name: s.ip for s in cfg.hosts()},
+        cfg.key,
+        cfg.known_hosts,
+        containers,
+    )
 
 
 def _link_group_vars(cfg: LabConfig, log: Log) -> None:
@@ -825,9 +869,11 @@ def _down(cfg: LabConfig, purge: bool, log: Log) -> dict[str, list[str]]:
     cfg.hosts_file.unlink(missing_ok=True)
     shutil.rmtree(cfg.state_dir, ignore_errors=True)
     total = sum(len(v) for v in removed.values())
-    log(f"==> lab {cfg.name}: removed {len(removed['containers'])} containers, "
+    log(
+        f"==> lab {cfg.name}: removed {len(removed['containers'])} containers, "
         f"{len(removed['volumes'])} volumes, {len(removed['networks'])} networks"
-        + ("" if total else " (nothing was running)"))  # fmt: skip
+        + ("" if total else " (nothing was running)")
+    )
     return removed
 
 
@@ -853,10 +899,16 @@ def status(cfg: LabConfig | None = None) -> list[dict[str, str]]:
             ip = box.attrs["NetworkSettings"]["Networks"].get(cfg.network, {}).get("IPAddress", ip)
         port, banner = (APT_CACHE_PORT, None) if host == "aptcache" else (22, b"SSH-2.0-")
         answers = state == "running" and _wait_port(ip, port, 1.0, banner=banner)
-        rows.append({
-            "host": host, "address": ip, "group": group, "container": cfg.container(host),
-            "state": state, "service": ("yes" if answers else "no") if box else "-",
-        })  # fmt: skip
+        rows.append(
+            {
+                "host": host,
+                "address": ip,
+                "group": group,
+                "container": cfg.container(host),
+                "state": state,
+                "service": ("yes" if answers else "no") if box else "-",
+            }
+        )
     return rows
 
 
@@ -864,8 +916,14 @@ def _print_status(cfg: LabConfig, rows: list[dict[str, str]]) -> None:
     print(
         f"lab {cfg.name}: network {cfg.network} {cfg.subnet}, inventory {_display(cfg.hosts_file)}"
     )
-    cols = [("host", "HOST"), ("address", "ADDRESS"), ("group", "GROUP"),
-            ("container", "CONTAINER"), ("state", "STATE"), ("service", "SSH/APT")]  # fmt: skip
+    cols = [
+        ("host", "HOST"),
+        ("address", "ADDRESS"),
+        ("group", "GROUP"),
+        ("container", "CONTAINER"),
+        ("state", "STATE"),
+        ("service", "SSH/APT"),
+    ]
     widths = {k: max(len(t), *(len(r[k]) for r in rows)) for k, t in cols}
     print("  ".join(t.ljust(widths[k]) for k, t in cols).rstrip())
     for row in rows:
@@ -908,8 +966,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"taskfleet: error: {exc}", file=sys.stderr)
         return 1
     except docker.errors.DockerException as exc:
-        print(f"taskfleet: error: Docker: {str(exc).splitlines()[0][:200]} — "
-              "check `docker info`, then run the command again", file=sys.stderr)  # fmt: skip
+        print(
+            f"taskfleet: error: Docker: {str(exc).splitlines()[0][:200]} — "
+            "check `docker info`, then run the command again",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("taskfleet: error: interrupted — run the command again to finish", file=sys.stderr)
@@ -922,6 +983,15 @@ if __name__ == "__main__":
 
 
 __all__: list[Any] = [
-    "HostSpec", "LabConfig", "LabError", "LabInfo", "connect", "down", "main",
-    "render_inventory", "render_known_hosts", "status", "up",
-]  # fmt: skip
+    "HostSpec",
+    "LabConfig",
+    "LabError",
+    "LabInfo",
+    "connect",
+    "down",
+    "main",
+    "render_inventory",
+    "render_known_hosts",
+    "status",
+    "up",
+]

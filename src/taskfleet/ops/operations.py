@@ -93,18 +93,20 @@ def parse_containers(inspect_json: str, now: datetime | None = None) -> list[Con
         state = item.get("State") or {}
         image = str(cfg.get("Image") or "")
         running = state.get("Status") == "running"
-        found.append(Container(
-            name=str(item.get("Name", "")).lstrip("/"),
-            role=labels.get(cmd.LABEL_ROLE, "?"),
-            state=str(state.get("Status", "?")),
-            health=str((state.get("Health") or {}).get("Status", "-")),
-            image=image,
-            tag=image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "latest",
-            started_at=str(state.get("StartedAt", "")),
-            uptime_s=_uptime(str(state.get("StartedAt", "")), running, now),
-            args=list(cfg.get("Cmd") or []),
-            inventory_host=labels.get(cmd.LABEL_INVENTORY_HOST, ""),
-        ))
+        found.append(
+            Container(
+                name=str(item.get("Name", "")).lstrip("/"),
+                role=labels.get(cmd.LABEL_ROLE, "?"),
+                state=str(state.get("Status", "?")),
+                health=str((state.get("Health") or {}).get("Status", "-")),
+                image=image,
+                tag=image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "latest",
+                started_at=str(state.get("StartedAt", "")),
+                uptime_s=_uptime(str(state.get("StartedAt", "")), running, now),
+                args=list(cfg.get("Cmd") or []),
+                inventory_host=labels.get(cmd.LABEL_INVENTORY_HOST, ""),
+            )
+        )
 
     def order(c: Container) -> tuple[int, int, str]:
         index = cmd.worker_index(c.name)
@@ -153,18 +155,23 @@ def _last_json(text: str) -> dict[str, Any]:
     raise OpsError(f"expected a JSON line from taskfleet, got: {text.strip()[-200:]!r}")
 
 
-def query_master(conn: Connection, inv: Inventory, address: str,
-                 timeout: float = 30) -> dict[str, Any]:
+def query_master(
+    conn: Connection, inv: Inventory, address: str, timeout: float = 30
+) -> dict[str, Any]:
     """The master's own view (``taskfleet status --json`` run inside its container)."""
-    return _last_json(run(conn, cmd.sh(cmd.master_status(inv.master.sudo, address)),
-                          timeout=timeout))
+    return _last_json(
+        run(conn, cmd.sh(cmd.master_status(inv.master.sudo, address)), timeout=timeout)
+    )
 
 
 def fresh_workers(status: Mapping[str, Any], max_age: float, host: str | None = None) -> int:
     """Workers the master heard from within ``max_age`` seconds (on ``host`` if given)."""
-    return sum(1 for w in status.get("workers", [])
-               if (host is None or w.get("host") == host)
-               and float(w.get("last_heartbeat_age_s", 1e9)) <= max_age)
+    return sum(
+        1
+        for w in status.get("workers", [])
+        if (host is None or w.get("host") == host)
+        and float(w.get("last_heartbeat_age_s", 1e9)) <= max_age
+    )
 
 
 # --- output ------------------------------------------------------------------------------
@@ -183,20 +190,27 @@ def human_duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
-def summary(title: str, results: Sequence[HostResult[Any]],
-            detail: Callable[[Any], str] = lambda v: "") -> int:
+def summary(
+    title: str, results: Sequence[HostResult[Any]], detail: Callable[[Any], str] = lambda v: ""
+) -> int:
     """Print the per-host summary; return 0 if every host succeeded, else 1."""
     table = Table(title=title, title_justify="left")
     for column in ("HOST", "RESULT", "TIME", "DETAIL"):
         table.add_column(column)
     for r in results:
-        table.add_row(r.host, "[green]ok[/]" if r.ok else "[red]FAILED[/]", f"{r.seconds:.1f}s",
-                      detail(r.value) if r.ok else (r.error or ""))
+        table.add_row(
+            r.host,
+            "[green]ok[/]" if r.ok else "[red]FAILED[/]",
+            f"{r.seconds:.1f}s",
+            detail(r.value) if r.ok else (r.error or ""),
+        )
     out.print(table)
     failed = [r.host for r in results if not r.ok]
     if failed:
-        err.print(f"taskfleet: error: {len(failed)} of {len(results)} host(s) failed: "
-                  f"{', '.join(failed)} — see DETAIL above")
+        err.print(
+            f"taskfleet: error: {len(failed)} of {len(results)} host(s) failed: "
+            f"{', '.join(failed)} — see DETAIL above"
+        )
         return 1
     return 0
 
@@ -228,17 +242,28 @@ def collect_status(inv: Inventory) -> dict[str, Any]:
         return view
 
     results = run_on_hosts(inv.all, one)
-    doc: dict[str, Any] = {"inventory": inv.source, "hosts": [], "master": None,
-                           "master_address": None,
-                           "master_error": None}
+    doc: dict[str, Any] = {
+        "inventory": inv.source,
+        "hosts": [],
+        "master": None,
+        "master_address": None,
+        "master_error": None,
+    }
     for host, r in zip(inv.all, results, strict=True):
-        entry: dict[str, Any] = {"host": host.name, "address": host.address,
-                                 "roles": _roles(inv, host), "ok": r.ok, "error": r.error,
-                                 "containers": [], "workers_running": 0}
+        entry: dict[str, Any] = {
+            "host": host.name,
+            "address": host.address,
+            "roles": _roles(inv, host),
+            "ok": r.ok,
+            "error": r.error,
+            "containers": [],
+            "workers_running": 0,
+        }
         if r.ok and r.value is not None:
             containers = r.value["containers"]
             entry["containers"] = [
-                {k: v for k, v in asdict(c).items() if k != "args"} for c in containers]
+                {k: v for k, v in asdict(c).items() if k != "args"} for c in containers
+            ]
             entry["workers_running"] = sum(1 for c in workers_of(containers) if c.running)
             if "master_address" in r.value:
                 doc["master_address"] = r.value["master_address"]
@@ -258,8 +283,10 @@ def status(inv: Inventory, as_json: bool = False) -> int:
         print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False))
         return 0 if doc["ok"] else 1
     for h in doc["hosts"]:
-        title = (f"{h['host']} ({h['address']}, {'+'.join(h['roles'])}) — "
-                 f"{h['workers_running']} worker(s) running")
+        title = (
+            f"{h['host']} ({h['address']}, {'+'.join(h['roles'])}) — "
+            f"{h['workers_running']} worker(s) running"
+        )
         if not h["ok"]:
             out.print(f"[bold]{title.split(' — ')[0]}[/]: [red]{h['error']}[/]")
             continue
@@ -269,9 +296,14 @@ def status(inv: Inventory, as_json: bool = False) -> int:
         for c in h["containers"]:
             health = c["health"]
             colour = {"healthy": "green", "unhealthy": "red", "starting": "yellow"}.get(health)
-            table.add_row(c["name"], c["role"], c["state"],
-                          f"[{colour}]{health}[/]" if colour else health, c["tag"],
-                          human_duration(c["uptime_s"]))
+            table.add_row(
+                c["name"],
+                c["role"],
+                c["state"],
+                f"[{colour}]{health}[/]" if colour else health,
+                c["tag"],
+                human_duration(c["uptime_s"]),
+            )
         if not h["containers"]:
             table.add_row("(no taskfleet containers)", "", "", "", "", "")
         out.print(table)
@@ -285,9 +317,11 @@ def status(inv: Inventory, as_json: bool = False) -> int:
             per_host[w.get("host", "?")] = per_host.get(w.get("host", "?"), 0) + 1
         hosts_txt = ", ".join(f"{k}: {v}" for k, v in sorted(per_host.items())) or "none"
         info = master.get("master", {})
-        out.print(f"[bold]master's view[/] ({info.get('address', doc.get('master_address'))}, "
-                  f"up {human_duration(info.get('uptime_s'))}): "
-                  f"{len(workers)} worker(s) connected ({hosts_txt})")
+        out.print(
+            f"[bold]master's view[/] ({info.get('address', doc.get('master_address'))}, "
+            f"up {human_duration(info.get('uptime_s'))}): "
+            f"{len(workers)} worker(s) connected ({hosts_txt})"
+        )
         jobs = Table(title="jobs", title_justify="left")
         for column in ("JOB", "NAME", "STATE", "PENDING", "LEASED", "DONE", "ITEMS"):
             jobs.add_column(column)
@@ -297,15 +331,22 @@ def status(inv: Inventory, as_json: bool = False) -> int:
         shown = [j for j in all_jobs if j.get("state") == "running" or j in done[-SHOWN_DONE:]]
         for j in shown:
             chunks = j.get("chunks", {})
-            jobs.add_row(str(j.get("id", "?")), str(j.get("job", "?")), str(j.get("state", "?")),
-                         str(chunks.get("pending", 0)), str(chunks.get("leased", 0)),
-                         str(chunks.get("done", 0)),
-                         f"{j.get('items_done', 0)}/{j.get('items_total', '?')}")
+            jobs.add_row(
+                str(j.get("id", "?")),
+                str(j.get("job", "?")),
+                str(j.get("state", "?")),
+                str(chunks.get("pending", 0)),
+                str(chunks.get("leased", 0)),
+                str(chunks.get("done", 0)),
+                f"{j.get('items_done', 0)}/{j.get('items_total', '?')}",
+            )
         if all_jobs:
             out.print(jobs)
             if len(shown) < len(all_jobs):
-                out.print(f"({len(all_jobs) - len(shown)} older finished job(s) not shown; "
-                          "--json lists them all)")
+                out.print(
+                    f"({len(all_jobs) - len(shown)} older finished job(s) not shown; "
+                    "--json lists them all)"
+                )
         else:
             out.print("no jobs")
     if not doc["ok"]:
@@ -319,8 +360,13 @@ def status(inv: Inventory, as_json: bool = False) -> int:
 # --- logs --------------------------------------------------------------------------------
 
 
-def logs(inv: Inventory, host: str | None = None, since: str | None = None,
-         follow: bool = False, tail: int | None = None) -> int:
+def logs(
+    inv: Inventory,
+    host: str | None = None,
+    since: str | None = None,
+    follow: bool = False,
+    tail: int | None = None,
+) -> int:
     """Print master and worker logs, each line prefixed ``<host>/<container> | ``."""
     hosts = [inv.host(host)] if host else list(inv.all)
     lock = threading.Lock()
@@ -330,9 +376,15 @@ def logs(inv: Inventory, host: str | None = None, since: str | None = None,
         writer = PrefixWriter(f"{h.name}/", sys.stdout, lock)
         # in_stream=False: nothing is ever written to the remote stdin, so a followed
         # script's `read` returns only when this session ends (see commands.logs).
-        conn.run(cmd.logs(h.sudo, names, since, follow, tail), hide=False, in_stream=False,
-                 out_stream=writer, err_stream=writer, timeout=None if follow else 300,
-                 warn=follow)
+        conn.run(
+            cmd.logs(h.sudo, names, since, follow, tail),
+            hide=False,
+            in_stream=False,
+            out_stream=writer,
+            err_stream=writer,
+            timeout=None if follow else 300,
+            warn=follow,
+        )
         writer.close()
         return len(names)
 
@@ -377,8 +429,9 @@ def logs(inv: Inventory, host: str | None = None, since: str | None = None,
 # --- scale -------------------------------------------------------------------------------
 
 
-def wait_ready(conn: Connection, host: Host, names: Sequence[str],
-               timeout: float = READY_TIMEOUT) -> list[Container]:
+def wait_ready(
+    conn: Connection, host: Host, names: Sequence[str], timeout: float = READY_TIMEOUT
+) -> list[Container]:
     """Wait until every named container is running (and healthy if it has a healthcheck).
 
     Raises HostError naming the laggards when ``timeout`` passes.
@@ -392,28 +445,37 @@ def wait_ready(conn: Connection, host: Host, names: Sequence[str],
         if time.monotonic() > deadline:
             states = ", ".join(
                 f"{n}: {found[n].state}/{found[n].health}" if n in found else f"{n}: missing"
-                for n in laggards)
-            raise HostError(f"not ready after {timeout:.0f}s ({states}) — "
-                            f"see `make logs HOST={host.name}`")
+                for n in laggards
+            )
+            raise HostError(
+                f"not ready after {timeout:.0f}s ({states}) — see `make logs HOST={host.name}`"
+            )
         time.sleep(POLL_INTERVAL)
 
 
-def scale_host(conn: Connection, host: Host, count: int,
-               timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+def scale_host(
+    conn: Connection, host: Host, count: int, timeout: float = READY_TIMEOUT
+) -> dict[str, Any]:
     """Make ``host`` run exactly workers 1..count: drain and remove the ones above
     ``count`` (SIGTERM, ``docker stop -t 30``), create missing ones as clones of the
     lowest-numbered existing worker, start stopped ones, then wait until ready."""
     workers = workers_of(list_containers(conn, host))
     if not workers:
-        raise HostError(f"no taskfleet-worker container on {host.name} to copy settings from "
-                        "— run `make deploy` to create the workers first")
+        raise HostError(
+            f"no taskfleet-worker container on {host.name} to copy settings from "
+            "— run `make deploy` to create the workers first"
+        )
     before = sum(1 for w in workers if w.running)
     by_index = {cmd.worker_index(w.name): w for w in workers}
-    extra = sorted((w.name for i, w in by_index.items() if i is not None and i > count),
-                   key=lambda n: cmd.worker_index(n) or 0, reverse=True)
+    extra = sorted(
+        (w.name for i, w in by_index.items() if i is not None and i > count),
+        key=lambda n: cmd.worker_index(n) or 0,
+        reverse=True,
+    )
     missing = [cmd.worker_name(i) for i in range(1, count + 1) if i not in by_index]
-    stopped = [by_index[i].name for i in range(1, count + 1)
-               if i in by_index and not by_index[i].running]
+    stopped = [
+        by_index[i].name for i in range(1, count + 1) if i in by_index and not by_index[i].running
+    ]
 
     if extra:
         run(conn, cmd.sh(cmd.stop(host.sudo, extra)), timeout=cmd.STOP_TIMEOUT + 60)
@@ -421,29 +483,42 @@ def scale_host(conn: Connection, host: Host, count: int,
     if missing:
         template_name = workers[0].name
         template = json.loads(run(conn, cmd.sh(cmd.inspect(host.sudo, [template_name]))))[0]
-        image = json.loads(run(conn, cmd.sh(
-            cmd.inspect_image(host.sudo, template["Config"]["Image"]))))[0]
+        image = json.loads(
+            run(conn, cmd.sh(cmd.inspect_image(host.sudo, template["Config"]["Image"])))
+        )[0]
         for name in missing:
             run(conn, cmd.sh(cmd.clone_run(template, image, name, host.sudo)))
     if stopped:
         run(conn, cmd.sh([*cmd.docker(host.sudo), "start", *stopped]))
     wait_ready(conn, host, [cmd.worker_name(i) for i in range(1, count + 1)], timeout)
-    return {"before": before, "after": count, "created": missing, "removed": extra,
-            "started": stopped}
+    return {
+        "before": before,
+        "after": count,
+        "created": missing,
+        "removed": extra,
+        "started": stopped,
+    }
 
 
-def scale(inv: Inventory, count: int, host: str | None = None,
-          timeout: float = READY_TIMEOUT) -> int:
+def scale(
+    inv: Inventory, count: int, host: str | None = None, timeout: float = READY_TIMEOUT
+) -> int:
     """Set the number of worker containers on every worker host (or on ``host``)."""
     if count < 1:
-        raise OpsError(f"scale: N must be at least 1, got {count} — "
-                       "use `down` to remove every container")
+        raise OpsError(
+            f"scale: N must be at least 1, got {count} — use `down` to remove every container"
+        )
     hosts = [inv.worker(host)] if host else list(inv.workers)
     results = run_on_hosts(hosts, lambda c, h: scale_host(c, h, count, timeout))
-    return summary(f"scale to {count} worker(s) per host", results,
-                   lambda v: f"{v['before']} → {v['after']} running"
-                   + (f", created {', '.join(v['created'])}" if v["created"] else "")
-                   + (f", drained {', '.join(v['removed'])}" if v["removed"] else ""))
+    return summary(
+        f"scale to {count} worker(s) per host",
+        results,
+        lambda v: (
+            f"{v['before']} → {v['after']} running"
+            + (f", created {', '.join(v['created'])}" if v["created"] else "")
+            + (f", drained {', '.join(v['removed'])}" if v["removed"] else "")
+        ),
+    )
 
 
 # --- restart -----------------------------------------------------------------------------
@@ -463,8 +538,7 @@ class _MasterProbe:
         except Exception:  # "not answering yet" is an expected state while polling
             return None
 
-    def wait_workers(self, since: float, expected: int, host: str | None,
-                     timeout: float) -> None:
+    def wait_workers(self, since: float, expected: int, host: str | None, timeout: float) -> None:
         """Until ``expected`` workers (of ``host``) heartbeat after monotonic time ``since``."""
         deadline = time.monotonic() + timeout
         seen = 0
@@ -476,8 +550,10 @@ class _MasterProbe:
                     return
             time.sleep(POLL_INTERVAL)
         where = f" from {host}" if host else ""
-        raise HostError(f"the master saw {seen} of {expected} restarted worker(s){where} "
-                        f"within {timeout:.0f}s — see `make logs`")
+        raise HostError(
+            f"the master saw {seen} of {expected} restarted worker(s){where} "
+            f"within {timeout:.0f}s — see `make logs`"
+        )
 
     def close(self) -> None:
         self.conn.close()
@@ -490,12 +566,14 @@ def restart(inv: Inventory, timeout: float = READY_TIMEOUT) -> int:
     try:
         probe = _MasterProbe(inv)
     except Exception as exc:  # turned into the one-line error below
-        raise OpsError(f"cannot reach the master on {inv.master.name}: "
-                       f"{explain(inv.master, exc)}") from exc
+        raise OpsError(
+            f"cannot reach the master on {inv.master.name}: {explain(inv.master, exc)}"
+        ) from exc
     results: list[HostResult[Any]] = []
     total_workers = 0
     try:
         for host in inv.workers:
+
             def roll(conn: Connection, h: Host) -> dict[str, Any]:
                 names = [w.name for w in workers_of(list_containers(conn, h))]
                 if not names:
@@ -505,6 +583,7 @@ def restart(inv: Inventory, timeout: float = READY_TIMEOUT) -> int:
                 wait_ready(conn, h, names, timeout)
                 probe.wait_workers(since, len(names), h.name, timeout)
                 return {"workers": len(names)}
+
             result = run_on_hosts([host], roll, parallel=1)[0]
             if result.ok and result.value:
                 total_workers += result.value["workers"]
@@ -512,8 +591,11 @@ def restart(inv: Inventory, timeout: float = READY_TIMEOUT) -> int:
             out.print(f"{host.name}: " + ("restarted" if result.ok else f"FAILED: {result.error}"))
 
         def roll_master(conn: Connection, h: Host) -> dict[str, Any]:
-            run(conn, cmd.sh(cmd.restart(h.sudo, [cmd.MASTER_CONTAINER])),
-                timeout=cmd.STOP_TIMEOUT + 90)
+            run(
+                conn,
+                cmd.sh(cmd.restart(h.sudo, [cmd.MASTER_CONTAINER])),
+                timeout=cmd.STOP_TIMEOUT + 90,
+            )
             since = time.monotonic()
             wait_ready(conn, h, [cmd.MASTER_CONTAINER], timeout)
             probe.wait_workers(since, total_workers, None, timeout)
@@ -525,15 +607,17 @@ def restart(inv: Inventory, timeout: float = READY_TIMEOUT) -> int:
         results.append(master_result)
     finally:
         probe.close()
-    return summary("rolling restart", results,
-                   lambda v: f"{v['workers']} worker(s) back and seen by the master")
+    return summary(
+        "rolling restart",
+        results,
+        lambda v: f"{v['workers']} worker(s) back and seen by the master",
+    )
 
 
 # --- smoke -------------------------------------------------------------------------------
 
 
-def smoke(inv: Inventory, count: int = 10_000, timeout: float = 300,
-          as_json: bool = False) -> int:
+def smoke(inv: Inventory, count: int = 10_000, timeout: float = 300, as_json: bool = False) -> int:
     """Run the squares smoke test inside the master container against the live cluster:
     every number squared exactly once, and every worker host took part."""
     if count < 1:
@@ -542,8 +626,7 @@ def smoke(inv: Inventory, count: int = 10_000, timeout: float = 300,
     def one(conn: Connection, host: Host) -> dict[str, Any]:
         address = master_address(inv, list_containers(conn, host))
         argv = cmd.smoke(host.sudo, address, count, [w.name for w in inv.workers], timeout)
-        result = conn.run(cmd.sh(argv), hide=True, in_stream=False, warn=True,
-                          timeout=timeout + 30)
+        result = conn.run(cmd.sh(argv), hide=True, in_stream=False, warn=True, timeout=timeout + 30)
         try:
             report = _last_json(result.stdout)
         except (OpsError, ValueError) as exc:
@@ -553,19 +636,25 @@ def smoke(inv: Inventory, count: int = 10_000, timeout: float = 300,
             raise HostError(
                 f"smoke failed: verified {report.get('verified')}/{report.get('count')}, "
                 f"missing {report.get('missing')}, wrong {report.get('wrong')}, "
-                f"duplicates {report.get('duplicates')}, hosts {sorted(report.get('hosts', {}))}")
+                f"duplicates {report.get('duplicates')}, hosts {sorted(report.get('hosts', {}))}"
+            )
         return report
 
     result = run_on_hosts([inv.master], one, parallel=1)[0]
     if as_json:
-        print(json.dumps({"ok": result.ok, "error": result.error, "report": result.value},
-                         sort_keys=True))
+        print(
+            json.dumps(
+                {"ok": result.ok, "error": result.error, "report": result.value}, sort_keys=True
+            )
+        )
         return 0 if result.ok else 1
     if result.ok and result.value:
         r = result.value
-        table = Table(title=f"smoke: {r.get('verified')}/{r.get('count')} squares verified in "
-                      f"{r.get('seconds', 0):.1f}s ({r.get('items_per_s', 0):,.0f} items/s)",
-                      title_justify="left")
+        table = Table(
+            title=f"smoke: {r.get('verified')}/{r.get('count')} squares verified in "
+            f"{r.get('seconds', 0):.1f}s ({r.get('items_per_s', 0):,.0f} items/s)",
+            title_justify="left",
+        )
         table.add_column("HOST")
         table.add_column("ITEMS", justify="right")
         for name, items in sorted((r.get("hosts") or {}).items()):
@@ -606,10 +695,17 @@ def down_host(conn: Connection, host: Host, purge: bool) -> dict[str, Any]:
 def down(inv: Inventory, purge: bool = False) -> int:
     """Remove taskfleet containers on every host (``purge``: also journals and authkeys)."""
     results = run_on_hosts(inv.all, lambda c, h: down_host(c, h, purge))
-    code = summary("down" + (" --purge" if purge else ""), results,
-                   lambda v: f"removed {len(v['containers'])} container(s)"
-                   + (f", {len(v['volumes'])} volume(s), the authkey" if purge else ""))
+    code = summary(
+        "down" + (" --purge" if purge else ""),
+        results,
+        lambda v: (
+            f"removed {len(v['containers'])} container(s)"
+            + (f", {len(v['volumes'])} volume(s), the authkey" if purge else "")
+        ),
+    )
     if purge and code == 0:
-        out.print(f"note: the control node's authkey (under {inv.source}/secrets/) was kept; "
-                  "delete it to get a new key on the next deploy")
+        out.print(
+            f"note: the control node's authkey (under {inv.source}/secrets/) was kept; "
+            "delete it to get a new key on the next deploy"
+        )
     return code
