@@ -13,7 +13,14 @@ requeue set, and done chunks are one bit each. A 100,000,000-item job with
 chunks of 1,000 costs about 12 KB here.
 
 The clock is injectable (tests drive time by hand); nothing here touches the
-disk or the network — the master journals around it.
+disk or the network — the master journals around it. The one deliberate
+exception is :meth:`Board.lease` with ``wait`` > 0: an idle worker's long-poll
+blocks on a condition in real time, so it wakes the moment work arrives.
+
+State is changed only through the Board's methods, each under one lock; the
+per-job counters are correlated (see :class:`_JobState`) and
+:meth:`Board.check` recomputes them by brute force (the tests call it after
+every scenario).
 """
 
 from __future__ import annotations
@@ -22,12 +29,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
-ChunkId = tuple[str, int]
-# What a worker receives per chunk: (job_id, index, job_name, payload), where
-# payload is ("range", start, stop) or ("items", [item, ...]).
-Lease = tuple[str, int, str, tuple[Any, ...]]
+from taskfleet import defaults
+from taskfleet.protocol import (
+    ChunkId,
+    JobState,
+    JobView,
+    Lease,
+    Payload,
+    SpecWire,
+    WorkerView,
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,7 @@ class JobSpec:
         lo, hi = self.bounds(index)
         return hi - lo
 
-    def payload(self, index: int) -> tuple[Any, ...]:
+    def payload(self, index: int) -> Payload:
         lo, hi = self.bounds(index)
         if self.items is None:
             return ("range", self.start + lo, self.start + hi)
@@ -71,9 +84,29 @@ class JobSpec:
             return range(self.start + lo, self.start + hi)
         return self.items[lo:hi]
 
+    def as_wire(self) -> SpecWire:
+        items = None if self.items is None else list(self.items)
+        return SpecWire(
+            id=self.id,
+            job=self.job,
+            chunk_size=self.chunk_size,
+            start=self.start,
+            stop=self.stop,
+            items=items,
+            created=self.created,
+        )
+
+    @classmethod
+    def from_wire(cls, w: SpecWire) -> JobSpec:
+        return cls(
+            w["id"], w["job"], w["chunk_size"], w["start"], w["stop"], w["items"], w["created"]
+        )
+
 
 @dataclass
-class _Lease:
+class _Hold:
+    """Who holds a leased chunk, and until when (the wire's :class:`Lease` is what they got)."""
+
     worker: str
     deadline: float
 
@@ -87,6 +120,13 @@ class WorkerInfo:
     chunks_done: int = 0
     items_done: int = 0
     gone: bool = False
+
+
+class BoardView(TypedDict):
+    """The board's part of ``status``; the master adds its own."""
+
+    workers: list[WorkerView]
+    jobs: list[JobView]
 
 
 @dataclass
@@ -103,46 +143,64 @@ class ReapReport:
 
 
 class _JobState:
-    """Chunk bookkeeping of one job. Not locked: the Board holds the lock."""
+    """Chunk bookkeeping of one job. Not locked: the Board holds the lock.
+
+    A chunk is done (its bit in ``done_bits``), leased (in ``leased``) or
+    pending. Pending chunks are not listed: they are every chunk at or after
+    ``cursor`` that is neither done nor leased, plus the ``requeued`` set
+    (chunks before the cursor that came back). ``done_ahead`` and
+    ``leased_ahead`` count the done and leased chunks at or after the cursor,
+    so :attr:`pending` is exact without a scan. :meth:`check` verifies all of
+    it by brute force.
+    """
 
     def __init__(self, spec: JobSpec, done: Iterable[int]) -> None:
         self.spec = spec
-        self.n = spec.n_chunks
-        self.bits = bytearray((self.n + 7) // 8)
+        #: number of chunks of the job
+        self.n_chunks = spec.n_chunks
+        #: one bit per chunk: set when its results are accepted
+        self.done_bits = bytearray((self.n_chunks + 7) // 8)
+        #: chunks done / items in them
         self.n_done = 0
         self.items_done = 0
         for index in done:
-            if 0 <= index < self.n and not self.is_done(index):
+            if 0 <= index < self.n_chunks and not self.is_done(index):
                 self._set(index)
-        # Chunks at or after the cursor were never leased by this board; those
-        # among them that are done / leased are counted so pending stays exact.
+        #: first chunk never handed out by this board (chunks from here on are
+        #: handed out in order)
         self.cursor = 0
+        #: done / leased chunks at or after the cursor
         self.done_ahead = self.n_done
         self.leased_ahead = 0
-        self.requeued: dict[int, None] = {}  # an ordered set
-        self.leased: dict[int, _Lease] = {}
+        #: pending chunks before the cursor, oldest first (an ordered set)
+        self.requeued: dict[int, None] = {}
+        #: chunk index -> who holds it
+        self.leased: dict[int, _Hold] = {}
+        #: results dropped because the chunk was already done
         self.duplicates = 0
-        self.state = "done" if self.n_done == self.n else "running"
+        self.state = JobState.DONE if self.n_done == self.n_chunks else JobState.RUNNING
         self.error: str | None = None
 
     def is_done(self, index: int) -> bool:
-        return bool(self.bits[index >> 3] & (1 << (index & 7)))
+        return bool(self.done_bits[index >> 3] & (1 << (index & 7)))
 
     def _set(self, index: int) -> None:
-        self.bits[index >> 3] |= 1 << (index & 7)
+        self.done_bits[index >> 3] |= 1 << (index & 7)
         self.n_done += 1
         self.items_done += self.spec.chunk_len(index)
 
     def _clear(self, index: int) -> None:
-        self.bits[index >> 3] &= ~(1 << (index & 7)) & 0xFF
+        self.done_bits[index >> 3] &= ~(1 << (index & 7)) & 0xFF
         self.n_done -= 1
         self.items_done -= self.spec.chunk_len(index)
 
     @property
     def pending(self) -> int:
-        if self.state != "running":
+        if self.state != JobState.RUNNING:
             return 0
-        return len(self.requeued) + self.n - self.cursor - self.done_ahead - self.leased_ahead
+        return (
+            len(self.requeued) + self.n_chunks - self.cursor - self.done_ahead - self.leased_ahead
+        )
 
     def take(self, k: int) -> list[int]:
         out: list[int] = []
@@ -150,7 +208,7 @@ class _JobState:
             index = next(iter(self.requeued))
             del self.requeued[index]
             out.append(index)
-        while len(out) < k and self.cursor < self.n:
+        while len(out) < k and self.cursor < self.n_chunks:
             index = self.cursor
             self.cursor += 1
             if self.is_done(index):
@@ -169,13 +227,13 @@ class _JobState:
         else:
             self.requeued[index] = None
 
-    def lease(self, index: int, lease: _Lease) -> None:
-        """Lease a chunk that is pending but not taken through take()."""
+    def adopt(self, index: int, hold: _Hold) -> None:
+        """Lease a chunk that is pending but not taken through take() (a heartbeat names it)."""
         if index >= self.cursor:
             self.leased_ahead += 1
         else:
             del self.requeued[index]
-        self.leased[index] = lease
+        self.leased[index] = hold
 
     def is_pending(self, index: int) -> bool:
         if self.is_done(index) or index in self.leased:
@@ -193,8 +251,8 @@ class _JobState:
         elif index >= self.cursor:
             self.done_ahead += 1
         self._set(index)
-        if self.n_done == self.n and self.state == "running":
-            self.state = "done"
+        if self.n_done == self.n_chunks and self.state == JobState.RUNNING:
+            self.state = JobState.DONE
 
     def unmark_done(self, index: int) -> None:
         self._clear(index)
@@ -202,15 +260,68 @@ class _JobState:
             self.done_ahead -= 1
         else:
             self.requeued[index] = None
-        if self.state == "done":
-            self.state = "running"
+        if self.state == JobState.DONE:
+            self.state = JobState.RUNNING
+
+    def check(self) -> None:
+        """Recompute every counter by brute force; raise AssertionError on a mismatch."""
+        done = [i for i in range(self.n_chunks) if self.is_done(i)]
+        problems = []
+        if len(done) != self.n_done:
+            problems.append(f"n_done {self.n_done} != {len(done)} bits set")
+        items = sum(self.spec.chunk_len(i) for i in done)
+        if items != self.items_done:
+            problems.append(f"items_done {self.items_done} != {items}")
+        if not 0 <= self.cursor <= self.n_chunks:
+            problems.append(f"cursor {self.cursor} outside 0..{self.n_chunks}")
+        ahead_done = sum(1 for i in done if i >= self.cursor)
+        if ahead_done != self.done_ahead:
+            problems.append(f"done_ahead {self.done_ahead} != {ahead_done}")
+        ahead_leased = sum(1 for i in self.leased if i >= self.cursor)
+        if ahead_leased != self.leased_ahead:
+            problems.append(f"leased_ahead {self.leased_ahead} != {ahead_leased}")
+        if self.state == JobState.RUNNING:
+            leased_and_done = [i for i in self.leased if self.is_done(i)]
+            if leased_and_done:
+                problems.append(f"chunks both leased and done: {leased_and_done[:5]}")
+            bad_requeued = [
+                i for i in self.requeued if i >= self.cursor or self.is_done(i) or i in self.leased
+            ]
+            if bad_requeued:
+                problems.append(
+                    f"requeued chunks not pending before the cursor: {bad_requeued[:5]}"
+                )
+            pending = sum(
+                1
+                for i in range(self.n_chunks)
+                if not self.is_done(i)
+                and i not in self.leased
+                and (i >= self.cursor or i in self.requeued)
+            )
+            lost = [
+                i
+                for i in range(self.cursor)
+                if not self.is_done(i) and i not in self.leased and i not in self.requeued
+            ]
+            if lost:
+                problems.append(f"chunks neither done, leased nor pending: {lost[:5]}")
+            if pending != self.pending:
+                problems.append(f"pending {self.pending} != {pending}")
+            if self.n_done == self.n_chunks:
+                problems.append("every chunk is done but the job is running")
+        elif self.state == JobState.DONE and self.n_done != self.n_chunks:
+            problems.append(f"state done with {self.n_done}/{self.n_chunks} chunks")
+        if problems:
+            raise AssertionError(f"job {self.spec.id}: " + "; ".join(problems))
 
 
 class Board:
     """Thread-safe job/chunk/lease state. See the module docstring."""
 
     def __init__(
-        self, lease_timeout: float = 30.0, clock: Callable[[], float] = time.monotonic
+        self,
+        lease_timeout: float = defaults.LEASE_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if lease_timeout <= 0:
             raise ValueError("lease_timeout must be positive")
@@ -228,14 +339,14 @@ class Board:
         spec: JobSpec,
         done: Iterable[int] = (),
         duplicates: int = 0,
-        state: str | None = None,
+        state: JobState | None = None,
         error: str | None = None,
     ) -> None:
         """Add a job (``done``: chunk indices already completed, e.g. from the journal)."""
         job = _JobState(spec, done)
         job.duplicates = duplicates
-        if state == "failed":
-            job.state, job.error = "failed", error
+        if state == JobState.FAILED:
+            job.state, job.error = JobState.FAILED, error
         with self._lock:
             if spec.id in self._jobs:
                 raise ValueError(f"job {spec.id} already exists")
@@ -254,21 +365,21 @@ class Board:
         """Mark a job failed (a job function raised); its chunks are no longer leased."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.state != "running":
+            if job is None or job.state != JobState.RUNNING:
                 return False
-            job.state, job.error = "failed", error
+            job.state, job.error = JobState.FAILED, error
             job.leased.clear()
             job.requeued.clear()
             return True
 
     # -- workers ----------------------------------------------------------
 
-    def touch(self, worker: str, host: str = "", processes: int = 0) -> bool:
-        """Record that a worker spoke; return True when it is new or came back."""
+    def note_seen(self, worker: str, host: str = "", processes: int = 0) -> bool:
+        """Record that a worker spoke; return True when it joined (is new or came back)."""
         with self._lock:
-            return self._touch(worker, host, processes)
+            return self._note_seen(worker, host, processes)
 
-    def _touch(self, worker: str, host: str = "", processes: int = 0) -> bool:
+    def _note_seen(self, worker: str, host: str = "", processes: int = 0) -> bool:
         now = self._clock()
         info = self._workers.get(worker)
         if info is None:
@@ -303,7 +414,7 @@ class Board:
         deadline = time.monotonic() + wait
         with self._lock:
             while True:
-                self._touch(worker)
+                self._note_seen(worker)
                 out = self._take(worker, n)
                 remaining = deadline - time.monotonic()
                 if out or remaining <= 0:
@@ -316,11 +427,11 @@ class Board:
         for job in self._jobs.values():
             if len(out) >= n:
                 break
-            if job.state != "running":
+            if job.state != JobState.RUNNING:
                 continue
             for index in job.take(n - len(out)):
-                job.leased[index] = _Lease(worker, expires)
-                out.append((job.spec.id, index, job.spec.job, job.spec.payload(index)))
+                job.leased[index] = _Hold(worker, expires)
+                out.append(Lease(job.spec.id, index, job.spec.job, job.spec.payload(index)))
         return out
 
     def heartbeat(self, worker: str, held: Iterable[ChunkId] = (), host: str = "") -> None:
@@ -332,18 +443,18 @@ class Board:
         they expire, e.g. when a lease reply was lost with its connection.
         """
         with self._lock:
-            self._touch(worker, host)
+            self._note_seen(worker, host)
             expires = self._clock() + self.lease_timeout
             for job_id, index in held:
                 job = self._jobs.get(job_id)
-                if job is None or job.state != "running" or not 0 <= index < job.n:
+                if job is None or job.state != JobState.RUNNING or not 0 <= index < job.n_chunks:
                     continue
-                lease = job.leased.get(index)
-                if lease is not None:
-                    if lease.worker == worker:
-                        lease.deadline = expires
+                hold = job.leased.get(index)
+                if hold is not None:
+                    if hold.worker == worker:
+                        hold.deadline = expires
                 elif job.is_pending(index):
-                    job.lease(index, _Lease(worker, expires))
+                    job.adopt(index, _Hold(worker, expires))
 
     def release(self, worker: str, chunks: Iterable[ChunkId]) -> int:
         """Give chunks back (a draining worker); return how many went back to pending."""
@@ -353,8 +464,8 @@ class Board:
                 job = self._jobs.get(job_id)
                 if job is None:
                     continue
-                lease = job.leased.get(index)
-                if lease is not None and lease.worker == worker:
+                hold = job.leased.get(index)
+                if hold is not None and hold.worker == worker:
                     job.drop_lease(index)
                     count += 1
             if count:
@@ -367,7 +478,7 @@ class Board:
         with self._lock:
             now = self._clock()
             for job in self._jobs.values():
-                expired = [i for i, lease in job.leased.items() if lease.deadline < now]
+                expired = [i for i, hold in job.leased.items() if hold.deadline < now]
                 for index in expired:
                     worker = job.leased[index].worker
                     job.drop_lease(index)
@@ -390,25 +501,25 @@ class Board:
         """
         outcome = CompleteOutcome()
         with self._lock:
-            self._touch(worker, host)
+            self._note_seen(worker, host)
             info = self._workers[worker]
             for job_id, index in chunks:
                 job = self._jobs.get(job_id)
                 if (
                     job is None
-                    or not 0 <= index < job.n
+                    or not 0 <= index < job.n_chunks
                     or job.is_done(index)
-                    or job.state == "failed"
+                    or job.state == JobState.FAILED
                 ):
                     if job is not None:
                         job.duplicates += 1
                     outcome.duplicates += 1
                     continue
                 job.mark_done(index)
-                outcome.accepted.append((job_id, index))
+                outcome.accepted.append(ChunkId(job_id, index))
                 info.chunks_done += 1
                 info.items_done += job.spec.chunk_len(index)
-                if job.state == "done":
+                if job.state == JobState.DONE:
                     outcome.finished_jobs.append(job_id)
         return outcome
 
@@ -426,52 +537,49 @@ class Board:
 
     # -- views ------------------------------------------------------------
 
-    def job_status(self, job_id: str) -> dict[str, Any]:
+    def job_status(self, job_id: str) -> JobView:
         with self._lock:
             return self._job_view(self._jobs[job_id])
 
-    def duplicates(self, job_id: str) -> int:
-        with self._lock:
-            return self._jobs[job_id].duplicates
-
     @staticmethod
-    def _job_view(job: _JobState) -> dict[str, Any]:
-        view: dict[str, Any] = {
-            "id": job.spec.id,
-            "job": job.spec.job,
-            "state": job.state,
-            "chunks": {"pending": job.pending, "leased": len(job.leased), "done": job.n_done},
-            "items_total": job.spec.n_items,
-            "items_done": job.items_done,
-            "duplicates": job.duplicates,
-        }
+    def _job_view(job: _JobState) -> JobView:
+        view = JobView(
+            id=job.spec.id,
+            job=job.spec.job,
+            state=job.state.value,
+            chunks={"pending": job.pending, "leased": len(job.leased), "done": job.n_done},
+            items_total=job.spec.n_items,
+            items_done=job.items_done,
+            duplicates=job.duplicates,
+        )
         if job.error:
             view["error"] = job.error
         return view
 
-    def status(self) -> dict[str, Any]:
+    def check(self) -> None:
+        """Check every job's invariants (see :meth:`_JobState.check`); for tests."""
+        with self._lock:
+            for job in self._jobs.values():
+                job.check()
+
+    def status(self) -> BoardView:
         """Workers seen within the lease timeout and every job, as plain data."""
         with self._lock:
             now = self._clock()
             leased: dict[str, int] = {}
             for job in self._jobs.values():
-                for lease in job.leased.values():
-                    leased[lease.worker] = leased.get(lease.worker, 0) + 1
+                for hold in job.leased.values():
+                    leased[hold.worker] = leased.get(hold.worker, 0) + 1
             workers = [
-                {
-                    "name": w.name,
-                    "host": w.host,
-                    "last_heartbeat_age_s": round(now - w.last_seen, 3),
-                    "chunks_done": w.chunks_done,
-                    "items_done": w.items_done,
-                    "leased": leased.get(w.name, 0),
-                }
+                WorkerView(
+                    name=w.name,
+                    host=w.host,
+                    last_heartbeat_age_s=round(now - w.last_seen, 3),
+                    chunks_done=w.chunks_done,
+                    items_done=w.items_done,
+                    leased=leased.get(w.name, 0),
+                )
                 for w in self._workers.values()
                 if not w.gone and now - w.last_seen <= self.lease_timeout
             ]
-            return {"workers": workers, "jobs": [self._job_view(j) for j in self._jobs.values()]}
-
-    def worker_host(self, worker: str) -> str:
-        with self._lock:
-            info = self._workers.get(worker)
-            return info.host if info else worker
+            return BoardView(workers=workers, jobs=[self._job_view(j) for j in self._jobs.values()])

@@ -12,11 +12,10 @@ import os
 import socket
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from taskfleet import DEFAULT_CHUNK_SIZE, DEFAULT_PORT, __version__, authkey, log
+from taskfleet import __version__, authkey, defaults, log
 from taskfleet.address import parse_hostport, parse_port
 from taskfleet.errors import TaskfleetError, UsageError
 
@@ -77,9 +76,10 @@ def _add_client_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--connect-timeout",
         type=_positive_float,
-        default=10.0,
+        default=defaults.CONNECT_TIMEOUT,
         metavar="S",
-        help="give up when the master does not answer within S seconds (default 10)",
+        help=f"give up when the master does not answer within S seconds"
+        f" (default {defaults.CONNECT_TIMEOUT:g})",
     )
 
 
@@ -244,106 +244,32 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _auto_chunk(count: int, expect_workers: int) -> int:
-    # Enough chunks that every connected worker gets some (smoke proves
-    # each one works), but never more than the default size.
-    want_chunks = max(200, 16 * expect_workers)
-    return max(1, min(DEFAULT_CHUNK_SIZE, count // want_chunks))
-
-
-def _wait_for_workers(
-    client: Any, expect_workers: int, hosts: list[str], deadline: float
-) -> list[str]:
-    """Before submitting, wait (bounded) until the expected workers are connected."""
-    problems: list[str] = []
-    while True:
-        st = client.status()
-        names = [w["name"] for w in st["workers"]]
-        seen_hosts = {w["host"] for w in st["workers"]}
-        problems = []
-        if len(names) < expect_workers:
-            problems.append(f"{len(names)} workers connected, expected {expect_workers}")
-        missing = [h for h in hosts if h not in seen_hosts]
-        if missing:
-            problems.append(f"no worker connected from {', '.join(missing)}")
-        if not problems or time.monotonic() >= deadline:
-            return problems
-        time.sleep(0.5)
-
-
 def cmd_smoke(args: argparse.Namespace) -> int:
+    from taskfleet import smoke
+
     hosts = [h.strip() for h in (args.expect_hosts or "").split(",") if h.strip()]
-    expect_workers = args.expect_workers or 0
-    client = _client(args)
-    t_start = time.monotonic()
-    deadline = t_start + args.timeout
-    errors = _wait_for_workers(
-        client, expect_workers, hosts, min(deadline, t_start + args.timeout / 2)
+    report = smoke.run(
+        _client(args),
+        args.count,
+        expect_workers=args.expect_workers or 0,
+        expect_hosts=hosts,
+        chunk_size=args.chunk_size,
+        timeout=args.timeout,
     )
-    chunk_size = args.chunk_size or _auto_chunk(args.count, max(expect_workers, len(hosts)))
-    t0 = time.monotonic()
-    spec = client.submit("squares", n=args.count, chunk_size=chunk_size)
-    verified = wrong = 0
-    workers: Counter[str] = Counter()
-    by_host: Counter[str] = Counter()
-    try:
-        for chunk in client.results(spec, timeout=max(1.0, deadline - time.monotonic())):
-            n = len(chunk.items)
-            bad = sum(1 for x, r in zip(chunk.items, chunk.results, strict=False) if r != x * x)
-            bad += abs(n - len(chunk.results)) if len(chunk.results) < n else 0
-            wrong += bad
-            verified += n - bad
-            workers[chunk.worker] += n
-            by_host[chunk.host] += n
-    except TimeoutError as exc:
-        errors.append(f"timed out after {args.timeout:g}s ({exc})")
-    seconds = time.monotonic() - t0
-    missing = args.count - verified - wrong
-    duplicates = client.duplicates
-    # Expectations are judged on who really returned results.
-    errors = [e for e in errors if "timed out" in e]
-    if expect_workers and len(workers) < expect_workers:
-        errors.append(
-            f"{len(workers)} workers returned results, expected at least {expect_workers}"
-        )
-    absent = [h for h in hosts if by_host.get(h, 0) == 0]
-    if absent:
-        errors.append(f"no results from host(s) {', '.join(absent)}")
-    if wrong:
-        errors.append(f"{wrong} wrong results")
-    if missing:
-        errors.append(f"{missing} results missing")
-    if duplicates:
-        errors.append(f"{duplicates} duplicate chunks")
-    ok = not errors
-    report = {
-        "ok": ok,
-        "job_id": spec.id,
-        "count": args.count,
-        "verified": verified,
-        "missing": missing,
-        "wrong": wrong,
-        "duplicates": duplicates,
-        "workers": dict(sorted(workers.items())),
-        "hosts": dict(sorted(by_host.items())),
-        "seconds": round(seconds, 3),
-        "items_per_s": round(verified / seconds, 1) if seconds > 0 else None,
-        "chunk_size": chunk_size,
-        "errors": errors,
-    }
     if args.json:
-        _emit(report)
+        _emit(report.as_json())
     else:
         print(
-            f"smoke: {verified}/{args.count} squares verified in {seconds:.2f}s "
-            f"({report['items_per_s']} items/s) by {len(workers)} workers on {len(by_host)} hosts"
+            f"smoke: {report.verified}/{report.count} squares verified in {report.seconds:.2f}s "
+            f"({report.items_per_s} items/s) by {len(report.workers)} workers"
+            f" on {len(report.hosts)} hosts"
         )
-        for host, items in sorted(by_host.items()):
+        for host, items in report.hosts.items():
             print(f"  {host}: {items} items")
-    if not ok:
+    if not report.ok:
         print(
-            f"taskfleet: error: smoke failed: {'; '.join(errors)} — check taskfleet status and the "
-            "workers' logs",
+            f"taskfleet: error: smoke failed: {'; '.join(report.errors)} — check taskfleet status"
+            " and the workers' logs",
             file=sys.stderr,
         )
         return 1
@@ -415,12 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("master", help="serve the board (jobs, leases, results)")
     p.add_argument(
         "--bind",
-        default="127.0.0.1",
+        default=defaults.MASTER_BIND,
         metavar="HOST",
-        help="address to listen on: one of this machine's, or 0.0.0.0 (default 127.0.0.1)",
+        help=f"address to listen on: one of this machine's, or 0.0.0.0"
+        f" (default {defaults.MASTER_BIND})",
     )
     p.add_argument(
-        "--port", default=str(DEFAULT_PORT), metavar="PORT", help=f"default {DEFAULT_PORT}"
+        "--port",
+        default=str(defaults.MASTER_PORT),
+        metavar="PORT",
+        help=f"default {defaults.MASTER_PORT}",
     )
     _add_authkey_opt(p)
     p.add_argument(
@@ -429,9 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lease-timeout",
         type=_positive_float,
-        default=30.0,
+        default=defaults.LEASE_TIMEOUT,
         metavar="S",
-        help="a worker silent this long loses its leases (default 30)",
+        help=f"a worker silent this long loses its leases (default {defaults.LEASE_TIMEOUT:g})",
     )
     p.set_defaults(func=cmd_master)
 
@@ -460,7 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--items-file", metavar="F", help="one item per line (JSON values or words)")
     _add_master_opts(p)
     _add_client_opts(p)
-    p.add_argument("--chunk-size", type=_positive_int, default=DEFAULT_CHUNK_SIZE, metavar="C")
+    p.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=defaults.CHUNK_SIZE,
+        metavar="C",
+        help=f"items per chunk (default {defaults.CHUNK_SIZE})",
+    )
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     p.add_argument(
         "--timeout", type=_positive_float, metavar="S", help="stop waiting after S seconds"
@@ -488,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: sized so every worker takes part",
     )
     p.add_argument(
-        "--timeout", type=_positive_float, default=300.0, metavar="S", help="default 300"
+        "--timeout",
+        type=_positive_float,
+        default=defaults.SMOKE_TIMEOUT,
+        metavar="S",
+        help=f"default {defaults.SMOKE_TIMEOUT:g}",
     )
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     p.set_defaults(func=cmd_smoke)
@@ -504,10 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     hc.required = True
     hm = hc.add_parser("master", help="authenticated ping")
     _add_master_opts(hm)
-    hm.add_argument("--connect-timeout", type=_positive_float, default=5.0, metavar="S")
+    hm.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=defaults.HEALTHCHECK_CONNECT_TIMEOUT,
+        metavar="S",
+    )
     hw = hc.add_parser("worker", help="heartbeat file is fresh")
     hw.add_argument("--heartbeat-file", metavar="PATH")
-    hw.add_argument("--max-age", type=_positive_float, default=30.0, metavar="S", help="default 30")
+    hw.add_argument(
+        "--max-age",
+        type=_positive_float,
+        default=defaults.HEARTBEAT_MAX_AGE,
+        metavar="S",
+        help=f"default {defaults.HEARTBEAT_MAX_AGE:g}",
+    )
     p.set_defaults(func=cmd_healthcheck)
     return parser
 

@@ -67,6 +67,12 @@ class JobFailed(TaskfleetError):
     """A job function raised on a worker; the job is marked failed."""
 
 
+class ProtocolMismatch(TaskfleetError):
+    """The peer speaks another version of the wire protocol (taskfleet.protocol)."""
+
+    exit_code = 2
+
+
 class RemoteError(TaskfleetError):
     """An unexpected error inside the master while serving a call."""
 

@@ -17,11 +17,13 @@ import os
 import pickle
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any
+from array import array
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from taskfleet.board import JobSpec
 from taskfleet.errors import JournalError
+from taskfleet.protocol import JobState, ResultRow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -48,10 +50,24 @@ CREATE TABLE IF NOT EXISTS done (
 CREATE INDEX IF NOT EXISTS done_by_job_seq ON done (job_id, seq);
 """
 
-# (seq, chunk index, worker, host, pickled results)
-ResultRow = tuple[int, int, str, str, bytes]
-# (job_id, chunk index, worker, host, pickled results)
-DoneRow = tuple[str, int, str, str, bytes]
+
+class DoneRow(NamedTuple):
+    """One accepted chunk as the master writes it."""
+
+    job_id: str
+    chunk: int  # the chunk index within its job
+    worker: str
+    host: str
+    blob: bytes
+
+
+class JournaledJob(NamedTuple):
+    """One job as read back at start: what was submitted and how far it got."""
+
+    spec: JobSpec
+    state: JobState
+    error: str | None
+    duplicates: int
 
 
 class Journal:
@@ -116,16 +132,16 @@ class Journal:
                     "UPDATE jobs SET duplicates = duplicates + ? WHERE id = ?", (count, job_id)
                 )
 
-    def set_state(self, job_id: str, state: str, error: str | None = None) -> None:
+    def set_state(self, job_id: str, state: JobState, error: str | None = None) -> None:
         with self._wlock, self._w:
             self._w.execute(
-                "UPDATE jobs SET state = ?, error = ? WHERE id = ?", (state, error, job_id)
+                "UPDATE jobs SET state = ?, error = ? WHERE id = ?", (state.value, error, job_id)
             )
 
     # -- reads -------------------------------------------------------------
 
-    def jobs(self) -> list[tuple[JobSpec, str, str | None, int]]:
-        """Every job in submission order: (spec, state, error, duplicates)."""
+    def jobs(self) -> list[JournaledJob]:
+        """Every job in submission order."""
         with self._rlock:
             rows = self._r.execute(
                 "SELECT id, job, chunk_size, start, stop, items, created, state, error, duplicates "
@@ -142,19 +158,21 @@ class Journal:
                 items=None if items is None else pickle.loads(items),
                 created=created,
             )
-            out.append((spec, state, error, dups))
+            out.append(JournaledJob(spec, JobState(state), error, dups))
         return out
 
-    def done_chunks(self, job_id: str) -> Iterator[int]:
-        """Indices of the job's done chunks (streamed; a job may have 100k of them)."""
+    def done_chunks(self, job_id: str) -> array[int]:
+        """Indices of the job's done chunks, as a compact array (8 bytes per chunk).
+
+        Read completely before returning: the caller adds them to the board
+        under the board's lock, and must not do so while this holds ``_rlock``.
+        """
+        out: array[int] = array("q")
         with self._rlock:
             cur = self._r.execute("SELECT chunk FROM done WHERE job_id = ?", (job_id,))
-            while True:
-                batch = cur.fetchmany(10_000)
-                if not batch:
-                    return
-                for (chunk,) in batch:
-                    yield chunk
+            while batch := cur.fetchmany(10_000):
+                out.extend(chunk for (chunk,) in batch)
+        return out
 
     def fetch(
         self, job_id: str, after_seq: int, max_items: int, chunk_size: int
@@ -167,10 +185,4 @@ class Journal:
                 "WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (job_id, after_seq, limit),
             ).fetchall()
-        return [(int(s), int(c), str(w), str(h), bytes(r)) for s, c, w, h, r in rows]
-
-    def stats(self) -> dict[str, Any]:
-        with self._rlock:
-            (jobs,) = self._r.execute("SELECT COUNT(*) FROM jobs").fetchone()
-            (done,) = self._r.execute("SELECT COUNT(*) FROM done").fetchone()
-        return {"path": self.path, "jobs": jobs, "done_chunks": done}
+        return [ResultRow(int(s), int(c), str(w), str(h), bytes(r)) for s, c, w, h, r in rows]

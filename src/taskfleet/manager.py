@@ -40,6 +40,7 @@ from multiprocessing import connection as mpc
 from multiprocessing.connection import Connection
 from typing import Any
 
+from taskfleet import defaults
 from taskfleet.address import format_hostport
 from taskfleet.errors import (
     AuthkeyRejected,
@@ -48,11 +49,10 @@ from taskfleet.errors import (
     Stopping,
     TaskfleetError,
 )
+from taskfleet.protocol import BOARD_IDENT, BOARD_TYPEID
 
-BOARD_IDENT = "board"  # fixed identity of the board object on every master
-BOARD_TYPEID = "get_board"
-HANDSHAKE_TIMEOUT = 5.0
-MAX_UNAUTHENTICATED = 64
+# The stock server's own methods a peer may call: connection set-up and the
+# reference counting stock proxies do. Not `shutdown` or `debug_info`.
 _PUBLIC = (
     "create",
     "accept_connection",
@@ -114,8 +114,8 @@ class TaskfleetServer(managers.Server):
         address: tuple[str, int],
         authkey: bytes,
         log: logging.Logger,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        max_unauthenticated: int = MAX_UNAUTHENTICATED,
+        handshake_timeout: float = defaults.HANDSHAKE_TIMEOUT,
+        max_unauthenticated: int = defaults.MAX_UNAUTHENTICATED,
     ) -> None:
         # The callable is a bound method run in this process: never pickled.
         registry: dict[str, Any] = {BOARD_TYPEID: (board_factory, exposed, None, None)}
@@ -314,6 +314,16 @@ def dial(address: tuple[str, int], authkey: bytes, timeout: float, name: str) ->
     return conn
 
 
+class _NoRetry:
+    """A Session's ``call_once`` as ``call`` (a :class:`taskfleet.protocol.Caller`)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        return self._session.call_once(method, *args, timeout=timeout)
+
+
 class Session:
     """One connection to the master, re-dialled with backoff when it breaks.
 
@@ -331,12 +341,12 @@ class Session:
         authkey: bytes,
         name: str,
         *,
-        timeout: float = 15.0,
-        give_up: float | None = 30.0,
+        timeout: float = defaults.WORKER_CALL_TIMEOUT,
+        give_up: float | None = defaults.CONNECT_TIMEOUT,
         log: logging.Logger | None = None,
         on_connect: Callable[[Session], None] | None = None,
         stop: threading.Event | None = None,
-        max_backoff: float = 10.0,
+        max_backoff: float = defaults.MAX_BACKOFF,
     ) -> None:
         self.address = address
         self.where = format_hostport(*address)
@@ -360,6 +370,17 @@ class Session:
                 pass
             self._conn = None
 
+    def last_calls(self, seconds: float) -> None:
+        """Switch to a few bounded calls after the process was asked to stop (a draining worker).
+
+        Calls retry again despite the stop flag, but each waits at most
+        ``seconds`` and the session gives up after ``seconds`` without a
+        working connection: the master may be gone.
+        """
+        self.give_up = seconds
+        self.timeout = min(self.timeout, seconds)
+        self._stop = threading.Event()
+
     def _raw_call(self, method: str, args: tuple[Any, ...], timeout: float) -> Any:
         conn = self._conn
         assert conn is not None
@@ -379,6 +400,11 @@ class Session:
     def call_once(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """Call on the current connection (used by on_connect hooks); no retry."""
         return self._raw_call(method, args, timeout or self.timeout)
+
+    @property
+    def once(self) -> _NoRetry:
+        """This session as a caller that never retries (for ``BoardStub`` in on_connect hooks)."""
+        return _NoRetry(self)
 
     def _connect(self) -> None:
         self._conn = dial(self.address, self._authkey, self.timeout, self._name)

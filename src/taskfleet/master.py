@@ -1,9 +1,9 @@
 """The master: board + journal served over the manager protocol, in-process.
 
 :class:`BoardService` is the object registered as ``get_board``; its public
-methods are the whole remote API (workers: hello/heartbeat/lease/complete/
-exchange/release/goodbye/fail; clients: submit/job/fetch/status/ping).
-Everything a caller is told has happened is in the journal first.
+methods are the whole remote API, listed and described in
+:mod:`taskfleet.protocol`. Everything a caller is told has happened is in the
+journal first.
 """
 
 from __future__ import annotations
@@ -21,38 +21,35 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from taskfleet import __version__, jobs
+from taskfleet import __version__, defaults, jobs
 from taskfleet.address import format_hostport
-from taskfleet.board import Board, ChunkId, JobSpec, Lease
-from taskfleet.errors import BadJobArguments, BindError, JournalError, TaskfleetError
-from taskfleet.journal import DoneRow, Journal, ResultRow
-from taskfleet.manager import TaskfleetServer
-
-EXPOSED = (
-    "ping",
-    "hello",
-    "heartbeat",
-    "lease",
-    "complete",
-    "exchange",
-    "release",
-    "goodbye",
-    "fail",
-    "submit",
-    "job",
-    "fetch",
-    "status",
+from taskfleet.board import Board, JobSpec
+from taskfleet.errors import (
+    BadJobArguments,
+    BindError,
+    JournalError,
+    ProtocolMismatch,
+    TaskfleetError,
 )
-MAX_CHUNK_SIZE = 10_000_000
-MAX_FETCH_WAIT = 5.0
+from taskfleet.journal import DoneRow, Journal
+from taskfleet.manager import TaskfleetServer
+from taskfleet.protocol import (
+    EXPOSED,
+    PROTOCOL_VERSION,
+    Ack,
+    ChunkId,
+    HelloReply,
+    JobState,
+    JobView,
+    PingReply,
+    Role,
+    SpecWire,
+    StatusView,
+    SubmitReply,
+    wire,
+)
+
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-# One complete result: (job_id, chunk index, pickled result list).
-Result = tuple[str, int, bytes]
-
-
-def heartbeat_interval(lease_timeout: float) -> float:
-    """How often workers heartbeat: several times per lease timeout."""
-    return min(5.0, max(0.2, lease_timeout / 5))
 
 
 class BoardService:
@@ -75,7 +72,7 @@ class BoardService:
         return self.server.peer() if self.server is not None else ""
 
     def _joined(self, worker: str, host: str, processes: int = 0) -> None:
-        if self.board.touch(worker, host, processes):
+        if self.board.note_seen(worker, host, processes):
             extra = f", {processes} processes" if processes else ""
             self.log.info(
                 "worker %s joined (host %s%s, from %s)", worker, host, extra, self._peer() or "?"
@@ -83,37 +80,61 @@ class BoardService:
 
     # -- workers -------------------------------------------------------------
 
-    def ping(self) -> dict[str, Any]:
-        return {"ok": True, "version": __version__, "address": self.address}
+    def ping(self) -> PingReply:
+        return PingReply(
+            ok=True, version=__version__, protocol=PROTOCOL_VERSION, address=self.address
+        )
 
-    def hello(self, worker: str, host: str, processes: int) -> dict[str, float]:
-        self._joined(worker, host, processes)
+    def hello(self, protocol: int, role: str, name: str, host: str, processes: int) -> HelloReply:
+        """First call on every connection: refuse another protocol; a worker joins the board."""
+        if protocol != PROTOCOL_VERSION:
+            self.log.warning(
+                "refused %s %s from %s: it speaks protocol %s, this master %d",
+                role,
+                name,
+                self._peer() or "?",
+                protocol,
+                PROTOCOL_VERSION,
+            )
+            raise ProtocolMismatch(
+                f"the master at {self.address} speaks taskfleet protocol {PROTOCOL_VERSION}"
+                f" (taskfleet {__version__}), this {role} speaks {protocol}",
+                "run the same taskfleet version on the master, the workers and the clients",
+            )
+        if role == Role.WORKER:
+            self._joined(name, host, processes)
         lt = self.board.lease_timeout
-        return {"lease_timeout": lt, "heartbeat_interval": heartbeat_interval(lt)}
+        return HelloReply(
+            protocol=PROTOCOL_VERSION,
+            lease_timeout=lt,
+            heartbeat_interval=defaults.heartbeat_interval(lt),
+        )
 
-    def heartbeat(self, worker: str, host: str, held: Sequence[ChunkId]) -> None:
+    def heartbeat(self, worker: str, host: str, held: Sequence[tuple[str, int]]) -> None:
         self._joined(worker, host)
-        self.board.heartbeat(worker, held, host)
+        self.board.heartbeat(worker, [ChunkId._make(c) for c in held], host)
 
-    def lease(self, worker: str, n: int, wait: float = 0.0) -> list[Lease]:
-        return self.board.lease(worker, max(0, int(n)), min(float(wait), MAX_FETCH_WAIT))
+    def lease(self, worker: str, n: int, wait: float = 0.0) -> list[tuple[Any, ...]]:
+        leases = self.board.lease(worker, max(0, int(n)), min(float(wait), defaults.MAX_FETCH_WAIT))
+        return wire(leases)
 
-    def complete(self, worker: str, host: str, results: Sequence[Result]) -> dict[str, int]:
+    def complete(self, worker: str, host: str, results: Sequence[tuple[str, int, bytes]]) -> Ack:
         """Accept results; journal them; only then acknowledge."""
         if not results:
-            return {"accepted": 0, "duplicates": 0}
-        blobs = {(job_id, index): blob for job_id, index, blob in results}
+            return Ack(accepted=0, duplicates=0)
+        blobs = {ChunkId(job_id, index): blob for job_id, index, blob in results}
         with self._commit:
             outcome = self.board.complete(worker, list(blobs), host)
-            rows: list[DoneRow] = [(j, i, worker, host, blobs[(j, i)]) for j, i in outcome.accepted]
+            rows = [DoneRow(c.job_id, c.chunk, worker, host, blobs[c]) for c in outcome.accepted]
+            accepted = set(outcome.accepted)
             dups: dict[str, int] = {}
             for job_id, index, _ in results:
-                if (job_id, index) not in outcome.accepted:
+                if (job_id, index) not in accepted:
                     dups[job_id] = dups.get(job_id, 0) + 1
             try:
                 self.journal.record_done(rows, dups)
                 for job_id in outcome.finished_jobs:
-                    self.journal.set_state(job_id, "done")
+                    self.journal.set_state(job_id, JobState.DONE)
             except Exception as exc:
                 self.board.undo_complete(worker, outcome.accepted)
                 self.log.error("journal write failed, %d chunks will run again: %s", len(rows), exc)
@@ -125,27 +146,32 @@ class BoardService:
             self._results.notify_all()
         for job_id in outcome.finished_jobs:
             self._log_done(job_id)
-        return {"accepted": len(outcome.accepted), "duplicates": outcome.duplicates}
+        return Ack(accepted=len(outcome.accepted), duplicates=outcome.duplicates)
 
     def exchange(
-        self, worker: str, host: str, results: Sequence[Result], want: int, wait: float = 0.0
-    ) -> tuple[dict[str, int], list[Lease]]:
+        self,
+        worker: str,
+        host: str,
+        results: Sequence[tuple[str, int, bytes]],
+        want: int,
+        wait: float = 0.0,
+    ) -> tuple[Ack, list[tuple[Any, ...]]]:
         """complete() then lease() in one round trip."""
         ack = self.complete(worker, host, results)
         return ack, self.lease(worker, want, wait) if want > 0 else []
 
-    def release(self, worker: str, chunks: Sequence[ChunkId]) -> int:
-        return self.board.release(worker, chunks)
+    def release(self, worker: str, chunks: Sequence[tuple[str, int]]) -> int:
+        return self.board.release(worker, [ChunkId._make(c) for c in chunks])
 
-    def goodbye(self, worker: str, chunks: Sequence[ChunkId]) -> int:
-        count = self.board.release(worker, chunks)
+    def goodbye(self, worker: str, chunks: Sequence[tuple[str, int]]) -> int:
+        count = self.board.release(worker, [ChunkId._make(c) for c in chunks])
         self.board.forget_worker(worker)
         self.log.info("worker %s left (drained; %d chunks given back)", worker, count)
         return count
 
     def fail(self, worker: str, job_id: str, index: int, error: str) -> None:
         if self.board.fail_job(job_id, error):
-            self.journal.set_state(job_id, "failed", error)
+            self.journal.set_state(job_id, JobState.FAILED, error)
             self.log.error("job %s failed: chunk %d on worker %s: %s", job_id, index, worker, error)
             with self._results:
                 self._generation += 1
@@ -161,13 +187,14 @@ class BoardService:
         start: int = 0,
         stop: int = 0,
         items: Sequence[Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> SubmitReply:
         """Create a job (idempotent per ``job_id``); refuse bad names/arguments."""
         if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
             raise BadJobArguments(f"bad job id {job_id!r}", "use letters, digits, - and _")
-        if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        if not isinstance(chunk_size, int) or not 1 <= chunk_size <= defaults.MAX_CHUNK_SIZE:
             raise BadJobArguments(
-                f"bad chunk size {chunk_size!r}", f"use 1..{MAX_CHUNK_SIZE} (default 1000)"
+                f"bad chunk size {chunk_size!r}",
+                f"use 1..{defaults.MAX_CHUNK_SIZE} (default {defaults.CHUNK_SIZE})",
             )
         if items is None:
             if not isinstance(start, int) or not isinstance(stop, int) or stop <= start:
@@ -190,41 +217,56 @@ class BoardService:
                     spec.n_items,
                     spec.n_chunks,
                 )
-        return {"id": spec.id, "job": spec.job, "n_items": spec.n_items, "n_chunks": spec.n_chunks}
+        return SubmitReply(id=spec.id, job=spec.job, n_items=spec.n_items, n_chunks=spec.n_chunks)
 
-    def job(self, job_id: str) -> tuple[JobSpec, dict[str, Any]]:
+    def _spec(self, job_id: str) -> JobSpec:
         if not self.board.has_job(job_id):
             raise TaskfleetError(
                 f"no job {job_id!r} on this master", "check the id (taskfleet status lists jobs)"
             )
-        return self.board.spec(job_id), self.board.job_status(job_id)
+        return self.board.spec(job_id)
+
+    def job(self, job_id: str) -> tuple[SpecWire, JobView]:
+        return self._spec(job_id).as_wire(), self.board.job_status(job_id)
 
     def fetch(
-        self, job_id: str, after_seq: int, max_items: int = 200_000, wait: float = 1.0
-    ) -> tuple[list[ResultRow], dict[str, Any]]:
+        self,
+        job_id: str,
+        after_seq: int,
+        max_items: int = 200_000,
+        wait: float = defaults.FETCH_WAIT,
+    ) -> tuple[list[tuple[Any, ...]], JobView]:
         """Results journaled after ``after_seq``; long-polls up to ``wait`` s when none."""
-        spec, state = self.job(job_id)
-        deadline = time.monotonic() + min(float(wait), MAX_FETCH_WAIT)
+        spec = self._spec(job_id)
+        deadline = time.monotonic() + min(float(wait), defaults.MAX_FETCH_WAIT)
         while True:
             with self._results:
                 generation = self._generation
             rows = self.journal.fetch(job_id, after_seq, max_items, spec.chunk_size)
             state = self.board.job_status(job_id)
             remaining = deadline - time.monotonic()
-            if rows or state["state"] != "running" or remaining <= 0:
-                return rows, state
+            if rows or state["state"] != JobState.RUNNING or remaining <= 0:
+                return wire(rows), state
             with self._results:
                 if self._generation == generation:
                     self._results.wait(remaining)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusView:
         view = self.board.status()
-        view["master"] = {
-            "address": self.address,
-            "uptime_s": round(time.monotonic() - self.started, 1),
-            "version": __version__,
-        }
-        return {"master": view["master"], "workers": view["workers"], "jobs": view["jobs"]}
+        return StatusView(
+            master={
+                "address": self.address,
+                "uptime_s": round(time.monotonic() - self.started, 1),
+                "version": __version__,
+            },
+            workers=view["workers"],
+            jobs=view["jobs"],
+        )
+
+    def close(self) -> None:
+        """Close the journal once an in-flight commit has finished (the master is stopping)."""
+        with self._commit:
+            self.journal.close()
 
     # -- housekeeping -----------------------------------------------------------
 
@@ -254,7 +296,7 @@ class BoardService:
             self.log.info("%d chunks leased to %s expired and are pending again", count, worker)
         if log_progress:
             for job in self.board.status()["jobs"]:
-                if job["state"] == "running" and job["items_done"]:
+                if job["state"] == JobState.RUNNING and job["items_done"]:
                     pct = 100.0 * job["items_done"] / max(1, job["items_total"])
                     self.log.info(
                         "job %s: %d/%d items (%.0f%%), chunks %s",
@@ -315,13 +357,15 @@ class Master:
     def start(self) -> None:
         """Bind first (so a bad address changes nothing), then the journal, then serve."""
         self.board = Board(self.lease_timeout)
-        address = format_hostport(self.bind, self.port)
         try:
             server = TaskfleetServer(
                 self._board_handle, EXPOSED, (self.bind, self.port), self._authkey, self.log
             )
         except OSError as exc:
             raise _bind_error(self.bind, self.port, exc) from None
+        # The bound port (--port 0 asks the kernel for a free one).
+        bound: Any = server.address
+        address = format_hostport(self.bind, int(bound[1]))
         try:
             path = self._journal_path
             if path is None:
@@ -337,7 +381,7 @@ class Master:
             for spec, state, error, dups in journal.jobs():
                 self.board.add_job(spec, journal.done_chunks(spec.id), dups, state, error)
                 st = self.board.job_status(spec.id)
-                if st["state"] == "running":
+                if st["state"] == JobState.RUNNING:
                     resumed += 1
                     self.log.info(
                         "resumed job %s (%s): %d/%d chunks done",
@@ -396,7 +440,6 @@ class Master:
         self.log.info("master stopping")
         assert self.server is not None and self.service is not None
         self.server.stop()
-        with self.service._commit:  # let an in-flight commit finish
-            self.service.journal.close()
+        self.service.close()
         self._cleanup()
         self.log.info("master stopped")

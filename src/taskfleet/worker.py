@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from taskfleet import jobs
-from taskfleet.board import ChunkId, Lease
-from taskfleet.errors import AuthkeyRejected, Stopping, TaskfleetError
+from taskfleet import defaults, jobs
+from taskfleet.errors import AuthkeyRejected, ProtocolMismatch, Stopping, TaskfleetError
 from taskfleet.manager import Session
+from taskfleet.protocol import BoardStub, ChunkId, Lease, Result, Role
 
-DRAIN_SECONDS = 6.0
-MAX_RESULT_BATCH = 64
+# Errors after which retrying cannot help: the worker exits with the message.
+_FATAL = (AuthkeyRejected, ProtocolMismatch)
 
 
 def _child_init() -> None:
@@ -67,9 +67,10 @@ class Worker:
         self.stop = threading.Event()
         self._held: dict[ChunkId, cf.Future[bytes]] = {}
         self._held_lock = threading.Lock()
-        self._unacked: list[tuple[str, int, bytes]] = []
-        self.lease_timeout = 30.0
-        self.hb_interval = 5.0
+        self._unacked: list[Result] = []
+        # Until the master's hello reply says otherwise.
+        self.lease_timeout = defaults.LEASE_TIMEOUT
+        self.hb_interval = defaults.heartbeat_interval(defaults.LEASE_TIMEOUT)
         self._fatal: BaseException | None = None
         self._failures: list[tuple[str, int, str]] = []
         self.chunks_done = 0
@@ -77,7 +78,7 @@ class Worker:
     # -- connection hooks ---------------------------------------------------------
 
     def _hello(self, session: Session) -> None:
-        cfg = session.call_once("hello", self.name, self.host, self.processes)
+        cfg = BoardStub(session.once).hello(Role.WORKER, self.name, self.host, self.processes)
         self.lease_timeout = float(cfg["lease_timeout"])
         self.hb_interval = float(cfg["heartbeat_interval"])
         if session.connects == 1:
@@ -119,14 +120,15 @@ class Worker:
             log=self.log,
             stop=self.stop,
         )
+        board = BoardStub(session)
         try:
             while not self.stop.is_set():
                 try:
-                    session.call("heartbeat", self.name, self.host, self._held_ids())
+                    board.heartbeat(self.name, self.host, self._held_ids())
                     self._touch_heartbeat_file()
                 except Stopping:
                     return
-                except AuthkeyRejected as exc:
+                except _FATAL as exc:
                     self._fatal = exc
                     self.stop.set()
                     return
@@ -161,18 +163,19 @@ class Worker:
                 on_connect=self._hello,
                 stop=self.stop,
             )
+            board = BoardStub(session)
             try:
-                session.call("ping")  # connect (hello) before heartbeats begin
+                board.ping()  # connect (hello) before heartbeats begin
                 hb = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
                 hb.start()
-                self._loop(session, pool)
+                self._loop(board, pool)
             except Stopping:
                 pass
-            except AuthkeyRejected as exc:
+            except _FATAL as exc:
                 self._fatal = exc
             if self._fatal is not None:
                 raise self._fatal
-            self._drain(session)
+            self._drain(session, board)
             session.close()
             return 0
         finally:
@@ -186,7 +189,7 @@ class Worker:
         for (job_id, index), fut in finished:
             exc = fut.exception()
             if exc is None:
-                self._unacked.append((job_id, index, fut.result()))
+                self._unacked.append(Result(job_id, index, fut.result()))
             else:
                 self._report_failure(job_id, index, exc)
 
@@ -200,31 +203,26 @@ class Worker:
         self.log.error("chunk %d of job %s failed: %s", index, job_id, text)
         self._failures.append((job_id, index, text))
 
-    def _loop(self, session: Session, pool: cf.ProcessPoolExecutor) -> None:
-        capacity = 2 * self.processes
+    def _loop(self, board: BoardStub, pool: cf.ProcessPoolExecutor) -> None:
+        capacity = defaults.PREFETCH_PER_PROCESS * self.processes
+        call_timeout = defaults.WORKER_CALL_TIMEOUT
         while not self.stop.is_set():
             for job_id, index, text in self._failures:
-                session.call("fail", self.name, job_id, index, text)
+                board.fail(self.name, job_id, index, text)
             self._failures.clear()
             held = len(self._held)
             want = capacity - held if held <= self.processes else 0
-            batch = self._unacked[:MAX_RESULT_BATCH]
+            batch = self._unacked[: defaults.MAX_RESULT_BATCH]
             if want == 0 and not batch:
                 self._wait(0.5)
                 continue
             # Long-poll only when idle; otherwise keep the pool fed.
-            wait = 1.0 if held == 0 and not batch else 0.0
+            wait = defaults.FETCH_WAIT if held == 0 and not batch else 0.0
             try:
-                ack, leases = session.call(
-                    "exchange",
-                    self.name,
-                    self.host,
-                    batch,
-                    want,
-                    wait,
-                    timeout=session.timeout + wait,
+                ack, leases = board.exchange(
+                    self.name, self.host, batch, want, wait, timeout=call_timeout + wait
                 )
-            except (AuthkeyRejected, Stopping):
+            except (*_FATAL, Stopping):
                 raise
             except TaskfleetError as exc:
                 # The master answered but failed (e.g. its journal is full):
@@ -239,10 +237,10 @@ class Worker:
                 self._wait(0.5)
 
     def _start(self, pool: cf.ProcessPoolExecutor, leases: list[Lease]) -> None:
-        for job_id, index, job_name, payload in leases:
-            fut = pool.submit(jobs.run_chunk, job_name, payload)
+        for lease in leases:
+            fut = pool.submit(jobs.run_chunk, lease.job, lease.payload)
             with self._held_lock:
-                self._held[(job_id, index)] = fut
+                self._held[ChunkId(lease.job_id, lease.chunk)] = fut
 
     def _wait(self, timeout: float) -> None:
         with self._held_lock:
@@ -254,25 +252,22 @@ class Worker:
         if done:
             self._collect(done)
 
-    def _drain(self, session: Session) -> None:
+    def _drain(self, session: Session, board: BoardStub) -> None:
         """Finish what we hold (bounded), send it, give the rest back."""
-        deadline = time.monotonic() + DRAIN_SECONDS
+        deadline = time.monotonic() + defaults.DRAIN_SECONDS
         self.log.info("worker %s draining: %d chunks in hand", self.name, len(self._held))
         while self._held and time.monotonic() < deadline:
             self._wait(max(0.05, min(0.5, deadline - time.monotonic())))
         # Bounded calls from here on: the master may be gone.
-        session.give_up = 2.0
-        session.timeout = min(session.timeout, 2.0)
-        quick_stop = threading.Event()
-        session._stop = quick_stop  # allow retries despite the stop flag
+        session.last_calls(2.0)
         sent = 0
         try:
             while self._unacked:
-                batch = self._unacked[:MAX_RESULT_BATCH]
-                session.call("complete", self.name, self.host, batch)
+                batch = self._unacked[: defaults.MAX_RESULT_BATCH]
+                board.complete(self.name, self.host, batch)
                 del self._unacked[: len(batch)]
                 sent += len(batch)
-            given_back = session.call("goodbye", self.name, self._held_ids())
+            given_back = board.goodbye(self.name, self._held_ids())
             self.log.info(
                 "worker %s drained: %d results sent, %d chunks given back; exiting",
                 self.name,

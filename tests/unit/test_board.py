@@ -1,13 +1,22 @@
-"""The board as a state machine, driven by a hand-held clock."""
+"""The board as a state machine, driven by a hand-held clock.
+
+Every board a test makes comes from the ``make_board`` fixture, whose
+teardown runs :meth:`Board.check`: each scenario also proves the board's
+counters still agree with a brute-force recount.
+"""
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 import tracemalloc
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from taskfleet.board import Board, JobSpec
+from taskfleet.protocol import ChunkId, JobState
 
 
 class Clock:
@@ -21,6 +30,24 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+MakeBoard = Callable[..., Board]
+
+
+@pytest.fixture
+def make_board(clock: Clock) -> Iterator[MakeBoard]:
+    """Boards on the hand-held clock (``real_clock=True``: time.monotonic), checked at teardown."""
+    made: list[Board] = []
+
+    def make(lease_timeout: float = 10.0, *, real_clock: bool = False) -> Board:
+        board = Board(lease_timeout, time.monotonic if real_clock else clock)
+        made.append(board)
+        return board
+
+    yield make
+    for board in made:
+        board.check()
 
 
 def range_job(job_id: str = "j1", n: int = 10_000, chunk: int = 1000) -> JobSpec:
@@ -45,8 +72,8 @@ def test_items_job_chunks_carry_their_items() -> None:
     assert spec.payload(1) == ("items", [7])
 
 
-def test_one_lease_call_hands_out_several_chunks(clock: Clock) -> None:
-    board = Board(10, clock)
+def test_one_lease_call_hands_out_several_chunks(clock: Clock, make_board: MakeBoard) -> None:
+    board = make_board(10)
     board.add_job(range_job(n=10_000))
     leases = board.lease("w1", 4)
     assert [(job, idx) for job, idx, _, _ in leases] == [("j1", 0), ("j1", 1), ("j1", 2), ("j1", 3)]
@@ -55,16 +82,18 @@ def test_one_lease_call_hands_out_several_chunks(clock: Clock) -> None:
     assert st["chunks"] == {"pending": 6, "leased": 4, "done": 0}
 
 
-def test_lease_spans_jobs_oldest_first_and_stops_when_empty(clock: Clock) -> None:
-    board = Board(10, clock)
+def test_lease_spans_jobs_oldest_first_and_stops_when_empty(
+    clock: Clock, make_board: MakeBoard
+) -> None:
+    board = make_board(10)
     board.add_job(range_job("a", n=2000))
     board.add_job(range_job("b", n=1000))
     assert [(j, i) for j, i, _, _ in board.lease("w1", 5)] == [("a", 0), ("a", 1), ("b", 0)]
     assert board.lease("w1", 5) == []
 
 
-def test_lease_expires_and_chunk_returns_to_pending(clock: Clock) -> None:
-    board = Board(10, clock)
+def test_lease_expires_and_chunk_returns_to_pending(clock: Clock, make_board: MakeBoard) -> None:
+    board = make_board(10)
     board.add_job(range_job(n=3000))
     board.lease("w1", 2)
     clock.now += 10.5
@@ -76,8 +105,10 @@ def test_lease_expires_and_chunk_returns_to_pending(clock: Clock) -> None:
     assert [i for _, i, _, _ in board.lease("w2", 3)] == [0, 1, 2]
 
 
-def test_heartbeat_extends_only_the_leases_the_worker_holds(clock: Clock) -> None:
-    board = Board(10, clock)
+def test_heartbeat_extends_only_the_leases_the_worker_holds(
+    clock: Clock, make_board: MakeBoard
+) -> None:
+    board = make_board(10)
     board.add_job(range_job(n=3000))
     board.lease("w1", 2)
     clock.now += 8
@@ -89,8 +120,8 @@ def test_heartbeat_extends_only_the_leases_the_worker_holds(clock: Clock) -> Non
     assert st["chunks"] == {"pending": 2, "leased": 1, "done": 0}
 
 
-def test_duplicates_are_dropped_and_counted(clock: Clock) -> None:
-    board = Board(10, clock)
+def test_duplicates_are_dropped_and_counted(clock: Clock, make_board: MakeBoard) -> None:
+    board = make_board(10)
     board.add_job(range_job(n=2000))
     board.lease("w1", 2)
     first = board.complete("w1", [("j1", 0)])
@@ -102,8 +133,10 @@ def test_duplicates_are_dropped_and_counted(clock: Clock) -> None:
     assert st["duplicates"] == 1 and st["state"] == "done" and st["items_done"] == 2000
 
 
-def test_late_completion_of_an_expired_lease_is_accepted_once(clock: Clock) -> None:
-    board = Board(5, clock)
+def test_late_completion_of_an_expired_lease_is_accepted_once(
+    clock: Clock, make_board: MakeBoard
+) -> None:
+    board = make_board(5)
     board.add_job(range_job(n=1000))
     board.lease("w1", 1)
     clock.now += 6
@@ -114,8 +147,8 @@ def test_late_completion_of_an_expired_lease_is_accepted_once(clock: Clock) -> N
     assert board.job_status("j1")["chunks"] == {"pending": 0, "leased": 0, "done": 1}
 
 
-def test_release_gives_chunks_back(clock: Clock) -> None:
-    board = Board(10, clock)
+def test_release_gives_chunks_back(clock: Clock, make_board: MakeBoard) -> None:
+    board = make_board(10)
     board.add_job(range_job(n=3000))
     board.lease("w1", 3)
     assert board.release("w1", [("j1", 1), ("j1", 2)]) == 2
@@ -123,8 +156,8 @@ def test_release_gives_chunks_back(clock: Clock) -> None:
     assert board.job_status("j1")["chunks"] == {"pending": 2, "leased": 1, "done": 0}
 
 
-def test_resume_skips_done_chunks_and_adopts_held_ones(clock: Clock) -> None:
-    board = Board(10, clock)
+def test_resume_skips_done_chunks_and_adopts_held_ones(clock: Clock, make_board: MakeBoard) -> None:
+    board = make_board(10)
     board.add_job(range_job(n=6000), done=[0, 2])
     assert board.job_status("j1")["chunks"] == {"pending": 4, "leased": 0, "done": 2}
     # after a master restart a worker reports a chunk it still runs
@@ -135,8 +168,8 @@ def test_resume_skips_done_chunks_and_adopts_held_ones(clock: Clock) -> None:
     assert board.job_status("j1")["chunks"] == {"pending": 0, "leased": 3, "done": 3}
 
 
-def test_undo_complete_makes_the_chunk_pending_again(clock: Clock) -> None:
-    board = Board(10, clock)
+def test_undo_complete_makes_the_chunk_pending_again(clock: Clock, make_board: MakeBoard) -> None:
+    board = make_board(10)
     board.add_job(range_job(n=1000))
     board.lease("w1", 1)
     outcome = board.complete("w1", [("j1", 0)])
@@ -145,8 +178,8 @@ def test_undo_complete_makes_the_chunk_pending_again(clock: Clock) -> None:
     assert st["state"] == "running" and st["chunks"] == {"pending": 1, "leased": 0, "done": 0}
 
 
-def test_a_hundred_million_item_range_job_stays_small(clock: Clock) -> None:
-    board = Board(10, clock)
+def test_a_hundred_million_item_range_job_stays_small(clock: Clock, make_board: MakeBoard) -> None:
+    board = make_board(10)
     tracemalloc.start()
     try:
         board.add_job(range_job("big", n=100_000_000, chunk=1000))
@@ -159,8 +192,8 @@ def test_a_hundred_million_item_range_job_stays_small(clock: Clock) -> None:
     assert board.job_status("big")["chunks"]["pending"] == 100_000 - 8
 
 
-def test_waiting_lease_wakes_when_a_job_arrives() -> None:
-    board = Board(10)
+def test_waiting_lease_wakes_when_a_job_arrives(make_board: MakeBoard) -> None:
+    board = make_board(10, real_clock=True)
     got: list[int] = []
     t = threading.Thread(
         target=lambda: got.extend(i for _, i, _, _ in board.lease("w1", 2, wait=5))
@@ -171,13 +204,86 @@ def test_waiting_lease_wakes_when_a_job_arrives() -> None:
     assert got == [0, 1]
 
 
-def test_status_lists_only_workers_seen_within_the_lease_timeout(clock: Clock) -> None:
-    board = Board(10, clock)
-    board.touch("w1", "hostA")
+def test_status_lists_only_workers_seen_within_the_lease_timeout(
+    clock: Clock, make_board: MakeBoard
+) -> None:
+    board = make_board(10)
+    board.note_seen("w1", "hostA")
     clock.now += 5
-    board.touch("w2", "hostB")
+    board.note_seen("w2", "hostB")
     assert [w["name"] for w in board.status()["workers"]] == ["w1", "w2"]
     clock.now += 6
     assert [w["name"] for w in board.status()["workers"]] == ["w2"]
     board.forget_worker("w2")
     assert board.status()["workers"] == []
+
+
+def test_note_seen_says_when_a_worker_joins_or_comes_back(
+    clock: Clock, make_board: MakeBoard
+) -> None:
+    board = make_board(10)
+    assert board.note_seen("w1", "hostA") is True
+    assert board.note_seen("w1") is False
+    clock.now += 11
+    assert board.reap().gone == ["w1"]
+    assert board.note_seen("w1") is True
+
+
+def test_check_catches_a_counter_that_drifted() -> None:
+    board = Board(10)
+    board.add_job(range_job(n=5000))
+    board.lease("w1", 2)
+    board.check()
+    board._jobs["j1"].leased_ahead += 1  # what a bookkeeping bug would do
+    with pytest.raises(AssertionError, match=r"leased_ahead 1 != 0; pending 2 != 3"):
+        board.check()
+
+
+def test_random_operations_keep_every_invariant_and_finish_every_chunk(
+    clock: Clock, make_board: MakeBoard
+) -> None:
+    """Leases, heartbeats, expiries, releases, duplicates and undos in a seeded random
+    order; the board is checked after every step, and in the end every chunk is done once."""
+    rng = random.Random(20261203)
+    board = make_board(10)
+    board.add_job(range_job("a", n=50_000, chunk=1000))
+    board.add_job(JobSpec("b", "squares", 3, items=list(range(100))), done=[0, 5, 7])
+    held: dict[str, list[ChunkId]] = {"w1": [], "w2": [], "w3": []}
+    accepted: list[ChunkId] = []
+    for _ in range(3000):
+        worker = rng.choice(list(held))
+        op = rng.random()
+        if op < 0.35:
+            held[worker] += [ChunkId(j, i) for j, i, _, _ in board.lease(worker, rng.randint(1, 4))]
+        elif op < 0.65 and held[worker]:
+            some = rng.sample(held[worker], rng.randint(1, len(held[worker])))
+            outcome = board.complete(worker, some)
+            if rng.random() < 0.05:
+                board.undo_complete(worker, outcome.accepted)  # the journal write failed
+            else:
+                accepted += outcome.accepted
+            held[worker] = [c for c in held[worker] if c not in some]
+        elif op < 0.75 and held[worker]:
+            board.release(worker, held[worker][:1])
+            held[worker] = held[worker][1:]
+        elif op < 0.9:
+            board.heartbeat(worker, held[worker])
+        else:
+            clock.now += rng.choice([1, 6, 11])
+            board.reap()
+        board.check()
+    for _ in range(1000):  # one worker finishes what is left
+        leases = board.lease("w9", 8)
+        if not leases:
+            clock.now += 11
+            board.reap()
+            if not board.lease("w9", 1, wait=0) and all(
+                board.job_status(j)["state"] == JobState.DONE for j in ("a", "b")
+            ):
+                break
+            continue
+        accepted += board.complete("w9", [ChunkId(j, i) for j, i, _, _ in leases]).accepted
+        board.check()
+    assert board.job_status("a")["state"] == JobState.DONE
+    assert board.job_status("b")["state"] == JobState.DONE
+    assert len(accepted) == len(set(accepted)) == 50 + 34 - 3

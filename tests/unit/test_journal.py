@@ -10,6 +10,7 @@ import pytest
 from taskfleet.board import Board, JobSpec
 from taskfleet.errors import JournalError
 from taskfleet.journal import Journal
+from taskfleet.protocol import JobState
 
 
 def test_jobs_and_results_survive_a_reopen(tmp_path: Path) -> None:
@@ -20,7 +21,7 @@ def test_jobs_and_results_survive_a_reopen(tmp_path: Path) -> None:
     j.add_job(ranged)
     j.add_job(listed)
     j.record_done([("r1", 1, "w1", "hostA", pickle.dumps([1, 2]))], {"r1": 2})
-    j.set_state("i1", "failed", "boom")
+    j.set_state("i1", JobState.FAILED, "boom")
     j.close()
 
     j = Journal(path)

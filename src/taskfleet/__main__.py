@@ -1,0 +1,7 @@
+"""``python -m taskfleet``: the same command line as ``taskfleet``."""
+
+import sys
+
+from taskfleet.cli import main
+
+sys.exit(main())

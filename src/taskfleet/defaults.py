@@ -1,0 +1,105 @@
+"""Every tunable default of the runtime, once, each with the reason for its value.
+
+The CLI, the master, the worker, the client and the Ansible role defaults all
+read these; ``tests/unit/test_defaults.py`` checks that the role defaults in
+``deploy/roles/*/defaults/main.yml`` still equal them. Change a value here and
+in the role defaults together.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- addresses ----------------------------------------------------------------------
+
+MASTER_PORT: Final = 7451
+"""TCP port of the master's manager (``--port``; role variable ``taskfleet_master_port``)."""
+
+MASTER_BIND: Final = "127.0.0.1"
+"""Address a bare ``taskfleet master`` listens on: loopback, never every interface by accident."""
+
+# -- jobs ---------------------------------------------------------------------------
+
+CHUNK_SIZE: Final = 1000
+"""Items per chunk when the caller does not choose (``submit --chunk-size``)."""
+
+MAX_CHUNK_SIZE: Final = 10_000_000
+"""Largest chunk the master accepts: one chunk's items and results travel in one message."""
+
+# -- leases and heartbeats ------------------------------------------------------------
+
+LEASE_TIMEOUT: Final = 30.0
+"""Seconds a worker may stay silent before its leases go back to pending
+(``master --lease-timeout``; role variable ``taskfleet_master_lease_timeout``)."""
+
+HEARTBEATS_PER_LEASE: Final = 5
+"""Workers heartbeat this many times per lease timeout, so a few lost heartbeats
+never cost a lease."""
+
+HEARTBEAT_MIN_INTERVAL: Final = 0.2
+HEARTBEAT_MAX_INTERVAL: Final = 5.0
+"""Bounds of the heartbeat interval: not busier than 5/s with tiny lease
+timeouts (tests), not rarer than every 5 s with long ones."""
+
+
+def heartbeat_interval(lease_timeout: float) -> float:
+    """How often workers heartbeat for a given lease timeout (the master tells them at hello)."""
+    return min(
+        HEARTBEAT_MAX_INTERVAL, max(HEARTBEAT_MIN_INTERVAL, lease_timeout / HEARTBEATS_PER_LEASE)
+    )
+
+
+HEARTBEAT_MAX_AGE: Final = 30.0
+"""``healthcheck worker --max-age``: a heartbeat file older than this marks the worker
+unhealthy. Must exceed ``HEARTBEAT_MAX_INTERVAL`` by several intervals
+(role variable ``taskfleet_workers_heartbeat_max_age``)."""
+
+# -- the wire -------------------------------------------------------------------------
+
+HANDSHAKE_TIMEOUT: Final = 5.0
+"""Seconds an unauthenticated peer has to prove the key and send its first request."""
+
+MAX_UNAUTHENTICATED: Final = 64
+"""Concurrent connections still in the handshake; extra ones are closed at once."""
+
+FETCH_WAIT: Final = 1.0
+"""Seconds a client's result fetch long-polls the master when nothing is new."""
+
+MAX_FETCH_WAIT: Final = 5.0
+"""Upper bound the master puts on any long-poll (fetch, lease), so calls stay short."""
+
+WORKER_CALL_TIMEOUT: Final = 15.0
+"""Seconds a worker waits for one answer before it drops the connection and re-dials."""
+
+CLIENT_CALL_TIMEOUT: Final = 30.0
+"""Seconds a client waits for one answer (a submit of many items takes longer: see client)."""
+
+CONNECT_TIMEOUT: Final = 10.0
+"""``--connect-timeout``: a client gives up when the master does not answer this long."""
+
+HEALTHCHECK_CONNECT_TIMEOUT: Final = 5.0
+"""``healthcheck master --connect-timeout``: below Docker's health-check timeout."""
+
+RECONNECT_FOR: Final = 120.0
+"""Seconds a connected client waits for a lost master to come back (a restart)."""
+
+MAX_BACKOFF: Final = 10.0
+"""Longest pause between two re-dials of an unreachable master."""
+
+# -- the worker -------------------------------------------------------------------------
+
+DRAIN_SECONDS: Final = 6.0
+"""On SIGTERM a worker finishes what it holds for this long, then gives the rest back;
+with the final calls it stays well within Docker's 10 s stop timeout."""
+
+MAX_RESULT_BATCH: Final = 64
+"""Finished chunks a worker sends in one exchange."""
+
+PREFETCH_PER_PROCESS: Final = 2
+"""Chunks a worker keeps in hand per pool process, so the next one is queued while
+results travel."""
+
+# -- the smoke job -----------------------------------------------------------------------
+
+SMOKE_TIMEOUT: Final = 300.0
+"""``smoke --timeout``: the whole smoke run, waiting for workers included."""

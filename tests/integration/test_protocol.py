@@ -1,0 +1,154 @@
+"""The wire's contract (taskfleet.protocol) against a real master on loopback."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import pickletools
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskfleet import __version__
+from taskfleet.errors import ProtocolMismatch
+from taskfleet.manager import Session
+from taskfleet.master import Master
+from taskfleet.protocol import (
+    EXPOSED,
+    PROTOCOL_VERSION,
+    BoardStub,
+    ChunkId,
+    JobState,
+    Lease,
+    Method,
+    Result,
+    ResultRow,
+    Role,
+)
+
+KEY = b"p" * 40
+
+
+@pytest.fixture
+def master(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Master]:
+    caplog.set_level(logging.INFO, logger="taskfleet.test-master")
+    m = Master(
+        "127.0.0.1",
+        0,
+        KEY,
+        str(tmp_path / "j.db"),
+        10.0,
+        logging.getLogger("taskfleet.test-master"),
+    )
+    m.start()
+    try:
+        yield m
+    finally:
+        assert m.server is not None and m.service is not None
+        m.server.stop()
+        m.service.close()
+
+
+def _address(m: Master) -> tuple[str, int]:
+    assert m.server is not None
+    host, port = m.server.address
+    return str(host), int(port)
+
+
+def _globals_in(value: Any) -> list[str]:
+    """The classes/functions a pickle of ``value`` would make the receiver import."""
+    found = []
+    for op, arg, _ in pickletools.genops(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)):
+        if op.name in ("GLOBAL", "STACK_GLOBAL", "INST"):
+            found.append(str(arg) if arg is not None else op.name)
+    return found
+
+
+def test_exposed_is_exactly_the_protocol_methods(master: Master) -> None:
+    assert set(EXPOSED) == {m.value for m in Method}
+    assert master.service is not None
+    for name in EXPOSED:
+        assert callable(getattr(master.service, name)), name
+
+
+def test_a_peer_speaking_another_protocol_is_refused_in_one_line(
+    master: Master, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = Session(_address(master), KEY, "old-worker", timeout=5)
+    try:
+        with pytest.raises(ProtocolMismatch) as err:
+            session.call(Method.HELLO.value, PROTOCOL_VERSION - 1, "worker", "old-worker", "h", 1)
+    finally:
+        session.close()
+    assert str(err.value) == (
+        f"the master at 127.0.0.1:{_address(master)[1]} speaks taskfleet protocol"
+        f" {PROTOCOL_VERSION} (taskfleet {__version__}), this worker speaks"
+        f" {PROTOCOL_VERSION - 1} — run the same taskfleet version on the master, the workers"
+        " and the clients"
+    )
+    assert "refused worker old-worker" in caplog.text
+    assert master.service is not None
+    assert master.service.status()["workers"] == []  # it never joined
+
+
+def test_every_reply_is_plain_data_and_the_stub_rebuilds_the_shapes(master: Master) -> None:
+    """Replies carry no class references (a restricted unpickler admits them as they are);
+    the typed stub gives both ends named tuples back."""
+    service = master.service
+    assert service is not None
+    replies: dict[str, Any] = {}
+    replies["hello"] = service.hello(PROTOCOL_VERSION, "worker", "w1", "hostA", 2)
+    replies["ping"] = service.ping()
+    replies["submit"] = service.submit("jr", "squares", 10, 0, 25)
+    replies["submit items"] = service.submit("ji", "squares", 2, items=[3, 4, 5])
+    replies["lease"] = leases = service.lease("w1", 4)
+    results = [(job, chunk, pickle.dumps([x * x for x in range(3)])) for job, chunk, _, _ in leases]
+    replies["exchange"] = service.exchange("w1", "hostA", results, 2)
+    replies["heartbeat"] = service.heartbeat("w1", "hostA", [("jr", 2)])
+    replies["job"] = service.job("ji")
+    replies["fetch"] = service.fetch("jr", 0, 1000, 0.0)
+    replies["status"] = service.status()
+    replies["goodbye"] = service.goodbye("w1", [])
+    for name, reply in replies.items():
+        assert _globals_in(reply) == [], f"{name} reply pickles class references"
+
+    session = Session(_address(master), KEY, "stub", timeout=5)
+    try:
+        stub = BoardStub(session)
+        hello = stub.hello(Role.WORKER, "w2", "hostB", 1)
+        assert hello["protocol"] == PROTOCOL_VERSION and hello["lease_timeout"] == 10.0
+        submitted = stub.submit("jz", "squares", 5, 0, 5)
+        assert submitted == {"id": "jz", "job": "squares", "n_items": 5, "n_chunks": 1}
+        _, leases2 = stub.exchange("w2", "hostB", [], 1, 0.0)
+        assert all(isinstance(lease, Lease) for lease in leases2)
+        lease = leases2[0]
+        ack = stub.complete("w2", "hostB", [Result(lease.job_id, lease.chunk, pickle.dumps(["r"]))])
+        assert ack == {"accepted": 1, "duplicates": 0}
+        rows, view = stub.fetch(lease.job_id, 0, 1000, 0.0, timeout=5)
+        assert rows and all(isinstance(r, ResultRow) for r in rows)
+        assert view["state"] in {s.value for s in JobState}
+        assert ChunkId(lease.job_id, lease.chunk) in [ChunkId(lease.job_id, r.chunk) for r in rows]
+    finally:
+        session.close()
+
+
+def test_python_dash_m_taskfleet_is_the_command_line() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "taskfleet", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == f"taskfleet {__version__}"
+    r = subprocess.run(
+        [sys.executable, "-m", "taskfleet", "status"], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "taskfleet: error: no master address given"
+        " — pass --master HOST:PORT or set TASKFLEET_MASTER"
+    )
