@@ -15,12 +15,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from taskfleet import __version__, authkey, defaults, log
-from taskfleet.address import parse_hostport, parse_port
+from taskfleet import __version__, authkey, defaults, log, profile
+from taskfleet.address import parse_port
 from taskfleet.errors import TaskfleetError, UsageError
-
-ENV_MASTER = "TASKFLEET_MASTER"
-ENV_AUTHKEY = "TASKFLEET_AUTHKEY_FILE"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,21 +51,31 @@ def _positive_float(text: str) -> float:
 
 
 def _add_master_opts(p: argparse.ArgumentParser) -> None:
+    """Where the master is and how to authenticate: options, a profile, or the environment."""
     p.add_argument(
         "--master",
         metavar="HOST:PORT",
-        default=os.environ.get(ENV_MASTER),
-        help=f"the master's address (env {ENV_MASTER})",
+        help=f"the master's address (env {profile.ENV_MASTER})",
     )
-    _add_authkey_opt(p)
+    p.add_argument(
+        "--authkey-file",
+        metavar="PATH",
+        help=f"file holding the cluster's authkey (env {profile.ENV_AUTHKEY})",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="connection profile written by make deploy (inventory/<env>/secrets/client.json;"
+        f" env {profile.ENV_PROFILE}); --master/--authkey-file override it",
+    )
 
 
 def _add_authkey_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--authkey-file",
         metavar="PATH",
-        default=os.environ.get(ENV_AUTHKEY),
-        help=f"file holding the cluster's authkey (env {ENV_AUTHKEY})",
+        default=os.environ.get(profile.ENV_AUTHKEY),
+        help=f"file holding the cluster's authkey (env {profile.ENV_AUTHKEY})",
     )
 
 
@@ -83,10 +90,8 @@ def _add_client_opts(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _master_address(args: argparse.Namespace) -> tuple[str, int]:
-    if not args.master:
-        raise UsageError("no master address given", f"pass --master HOST:PORT or set {ENV_MASTER}")
-    return parse_hostport(args.master)
+def _target(args: argparse.Namespace) -> profile.Target:
+    return profile.resolve(args.master, args.authkey_file, args.profile)
 
 
 def _key(args: argparse.Namespace) -> bytes:
@@ -96,8 +101,10 @@ def _key(args: argparse.Namespace) -> bytes:
 def _client(args: argparse.Namespace) -> Any:
     from taskfleet.client import Client
 
-    address = _master_address(args)
-    return Client(address, _key(args), connect_timeout=args.connect_timeout)
+    target = _target(args)
+    return Client(
+        target.master, authkey.load(target.authkey_file), connect_timeout=args.connect_timeout
+    )
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -132,13 +139,15 @@ def cmd_master(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from taskfleet.worker import Worker
 
-    address = _master_address(args)
-    key = _key(args)
+    target = _target(args)
+    key = authkey.load(target.authkey_file)
     host = args.host_label or socket.gethostname()
     name = args.name or f"{host}-{os.getpid()}"
     processes = args.processes or len(os.sched_getaffinity(0)) or 1
     log.setup()
-    worker = Worker(address, key, name, host, processes, args.heartbeat_file, log.get("worker"))
+    worker = Worker(
+        target.master, key, name, host, processes, args.heartbeat_file, log.get("worker")
+    )
     try:
         code = worker.run()
     except TaskfleetError as exc:

@@ -150,5 +150,5 @@ def test_python_dash_m_taskfleet_is_the_command_line() -> None:
     assert r.returncode == 2
     assert r.stderr.strip() == (
         "taskfleet: error: no master address given"
-        " — pass --master HOST:PORT or set TASKFLEET_MASTER"
+        " — pass --master HOST:PORT or --profile PATH, or set TASKFLEET_MASTER"
     )

@@ -49,7 +49,7 @@ def test_missing_master_address(
     assert run(capsys, "status", "--authkey-file", key) == (
         2,
         "taskfleet: error: no master address given"
-        " — pass --master HOST:PORT or set TASKFLEET_MASTER",
+        " — pass --master HOST:PORT or --profile PATH, or set TASKFLEET_MASTER",
     )
 
 
@@ -70,7 +70,6 @@ def test_env_fallbacks_are_used(
     p.chmod(0o604)
     monkeypatch.setenv("TASKFLEET_MASTER", "127.0.0.1:1")
     monkeypatch.setenv("TASKFLEET_AUTHKEY_FILE", str(p))
-    # re-import not needed: defaults are read when the parser is built
     assert run(capsys, "status") == (
         2,
         f"taskfleet: error: authkey file {p} is accessible by every user (mode 0604)"
