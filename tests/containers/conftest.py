@@ -28,8 +28,6 @@ from docker.models.containers import Container
 
 from taskfleet.ops import images as images_mod
 
-pytestmark = pytest.mark.containers
-
 SECRET = "/run/secrets/taskfleet_authkey"
 PORT = 7451
 # Our own subnet (DESIGN: tests pick their addresses; the lab uses 172.28.10.0/24).

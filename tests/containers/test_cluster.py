@@ -17,8 +17,6 @@ import pytest
 
 from tests.containers.conftest import Cluster, logs, make_authkey, wait_for
 
-pytestmark = pytest.mark.containers
-
 # Keys of every container this module started (the wrong-key worker adds its own).
 _KEYS: list[Path] = []
 

@@ -29,8 +29,6 @@ import yaml
 
 from tests.e2e.conftest import Lab
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[2]
 FAB = Path(sys.executable).parent / "fab"
 CLIENT = "taskfleet-e2e-fabric-client"

@@ -5,13 +5,10 @@ from __future__ import annotations
 import subprocess
 
 import docker
-import pytest
 
 from taskfleet.ops import lab as labmod
 
 from .conftest import REPO, Lab
-
-pytestmark = pytest.mark.e2e
 
 
 def _labelled(client: docker.DockerClient, name: str) -> dict[str, list[str]]:
