@@ -62,7 +62,7 @@ lint: venv ## The lint tier: ruff check, ruff format --check, mypy (strict), ans
 	$(BIN)/pytest tests/lint --run-lint $(PYTEST_ARGS)
 
 .PHONY: test
-test: venv ## Every tier, one pytest run each: unit, integration, lint, containers, e2e (~20 min).
+test: setup-host venv ## Every tier, one pytest run each: unit, integration, lint, containers, e2e (~20 min).
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 	$(BIN)/pytest tests/lint --run-lint $(PYTEST_ARGS)
@@ -89,10 +89,13 @@ bench-deploy: images ## Deploy benchmark on the lab: fresh deploy and idempotent
 clean: ## Remove build outputs (.build/); the lab is removed by lab-down.
 	rm -rf .build
 
+.PHONY: setup-host
+setup-host: ## Install and start what the Docker targets need (root on Debian); else say what to do.
+	@.ci/setup-host
+
+# The image and lab targets name this one; the host set-up includes the engine check.
 .PHONY: docker-check
-docker-check:
-	@command -v docker >/dev/null || { echo "make: docker not found — install Docker (Debian: apt-get install docker.io)" >&2; exit 1; }
-	@docker info >/dev/null 2>&1 || { echo "make: the Docker engine does not answer — start it (dockerd, or systemctl start docker)" >&2; exit 1; }
+docker-check: setup-host
 
 ##@ Images
 
