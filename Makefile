@@ -58,19 +58,23 @@ lock: ## Re-resolve requirements/dev.in into requirements/dev.lock.
 	@rm -rf .build/lock-venv && echo "requirements/dev.lock updated"
 
 .PHONY: lint
-lint: venv ## Run ruff, mypy (strict: src/ and the fabfile) and ansible-lint (also part of make test).
-	$(BIN)/ruff check src tests bench deploy/fabfile.py
-	$(BIN)/mypy
-	cd deploy && ../$(BIN)/ansible-lint --offline --profile production
+lint: venv ## The lint tier: ruff check, ruff format --check, mypy (strict), ansible-lint, yamllint.
+	$(BIN)/pytest tests/lint --run-lint $(PYTEST_ARGS)
 
 .PHONY: test
-test: venv ## Run the whole suite: unit, integration, containers, e2e (needs a Docker engine).
-	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
-	$(BIN)/pytest tests/containers $(PYTEST_ARGS)
-	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+test: setup-host venv ## Every tier, one pytest run each: unit, integration, lint, containers, e2e (~20 min).
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest tests/lint --run-lint $(PYTEST_ARGS)
+	$(BIN)/pytest tests/containers --run-containers $(PYTEST_ARGS)
+	$(BIN)/pytest tests/e2e --run-e2e $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: venv ## The unit tier only (seconds; no processes, no Docker).
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test-fast
-test-fast: venv ## Run only unit and integration tests (no Docker).
+test-fast: venv ## Unit and integration, no Docker (= a bare pytest): the contributor loop.
 	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: bench
@@ -85,10 +89,13 @@ bench-deploy: images ## Deploy benchmark on the lab: fresh deploy and idempotent
 clean: ## Remove build outputs (.build/); the lab is removed by lab-down.
 	rm -rf .build
 
+.PHONY: setup-host
+setup-host: ## Install and start what the Docker targets need (root on Debian); else say what to do.
+	@.ci/setup-host
+
+# The image and lab targets name this one; the host set-up includes the engine check.
 .PHONY: docker-check
-docker-check:
-	@command -v docker >/dev/null || { echo "make: docker not found — install Docker (Debian: apt-get install docker.io)" >&2; exit 1; }
-	@docker info >/dev/null 2>&1 || { echo "make: the Docker engine does not answer — start it (dockerd, or systemctl start docker)" >&2; exit 1; }
+docker-check: setup-host
 
 ##@ Images
 

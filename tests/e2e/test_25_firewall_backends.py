@@ -24,7 +24,7 @@ import pytest
 from tests.e2e.conftest import Lab
 from tests.e2e.test_20_deploy import PORT, Run, connect_from, playbook, sh
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 BIN = Path(sys.executable).parent
 UFW = ("-e", "taskfleet_firewall_backend=ufw")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Cluster, parse_submit_json
+from tests.waiting import wait_for
 
 SLOW = "tests.integration.testjobs:slow_square"
 
@@ -252,9 +253,7 @@ def test_healthchecks(cluster: Cluster, tmp_path: Path) -> None:
     cluster.master()
     hb = tmp_path / "hb" / "heartbeat"
     cluster.worker("w1", "--heartbeat-file", str(hb))
-    deadline = time.monotonic() + 10
-    while not hb.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for("the worker's first heartbeat file", hb.exists, timeout=10, interval=0.1)
     assert cluster.run("healthcheck", "worker", "--heartbeat-file", str(hb)).returncode == 0
     r = cluster.client("healthcheck", "master")
     assert r.returncode == 0, r.stderr
