@@ -33,11 +33,16 @@ export PYTHONDONTWRITEBYTECODE := 1
 ifeq ($(origin LAB),file)
 LAB := $(or $(TASKFLEET_LAB),$(LAB))
 endif
-# TASKFLEET_LAB_SUBNET and TASKFLEET_LAB_INVENTORY override what is derived for the lab
-# TASKFLEET_LAB names; a LAB= naming another lab leaves them out.
+# TASKFLEET_LAB_SUBNET and TASKFLEET_LAB_INVENTORY override what is derived for a lab: when
+# exported, for the lab TASKFLEET_LAB names (a LAB= naming another lab leaves them out);
+# when given on the command line, for LAB.
 ifneq ($(LAB),$(or $(TASKFLEET_LAB),local))
-override TASKFLEET_LAB_SUBNET :=
-override TASKFLEET_LAB_INVENTORY :=
+ifeq ($(origin TASKFLEET_LAB_SUBNET),environment)
+TASKFLEET_LAB_SUBNET :=
+endif
+ifeq ($(origin TASKFLEET_LAB_INVENTORY),environment)
+TASKFLEET_LAB_INVENTORY :=
+endif
 endif
 export TASKFLEET_LAB := $(LAB)
 export TASKFLEET_LAB_SUBNET TASKFLEET_LAB_INVENTORY

@@ -68,6 +68,10 @@ def test_the_exported_lab_settings_still_work_and_override_what_is_derived() -> 
 
 def test_a_lab_named_on_the_command_line_drops_another_labs_overrides() -> None:
     assert show("LAB=ux", env=OPS_ENV) == "LAB=ux INVENTORY_DIR=inventory/ux env=ux,,"
+    # an override on the command line is for the lab named there
+    assert show("LAB=ux", "TASKFLEET_LAB_SUBNET=172.28.12.0/24", env=OPS_ENV) == (
+        "LAB=ux INVENTORY_DIR=inventory/ux env=ux,172.28.12.0/24,"
+    )
 
 
 def test_help_shows_every_setting_with_its_default() -> None:

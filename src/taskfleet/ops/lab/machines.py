@@ -127,7 +127,7 @@ def check_ours(obj: Any, what: str, cfg: LabConfig) -> None:
     if labels.get(LABEL_LAB) != cfg.name:
         raise LabError(
             f"{what} exists but does not belong to lab {cfg.name!r}",
-            "remove it by hand or choose another lab name with TASKFLEET_LAB",
+            "remove it by hand, or use another lab name (make lab LAB=<name>)",
         )
 
 
@@ -140,7 +140,7 @@ def ensure_network(client: docker.DockerClient, cfg: LabConfig, log: Log) -> Non
         if (net.attrs.get("Labels") or {}).get(LABEL_LAB) != cfg.name:
             raise LabError(
                 f"network {cfg.network} exists but was not made by lab {cfg.name!r}",
-                "remove it (docker network rm) or choose another TASKFLEET_LAB",
+                "remove it (docker network rm), or use another lab name (make lab LAB=<name>)",
             )
         subnets = [c.get("Subnet") for c in net.attrs["IPAM"]["Config"] or []]
         if str(cfg.subnet) not in subnets:
