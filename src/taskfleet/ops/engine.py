@@ -6,7 +6,8 @@
   with the last lines of its output;
 * :func:`tree_hash`: the content hash that tags an image by what goes into it;
 * :func:`file_lock`: one build (or one lab ``up``/``down``) at a time per machine;
-* :func:`write_atomic`: a file that readers never see half-written.
+* :func:`write_atomic`: a file that readers never see half-written;
+* :func:`network_subnets`: which subnets the engine's networks use (a new lab avoids them).
 
 Each function raises the error class its caller passes (``LabError``,
 ``ImagesError``), so an entry point reports what failed in its own terms.
