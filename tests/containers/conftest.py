@@ -29,8 +29,8 @@ from taskfleet.ops import images as images_mod
 
 SECRET = "/run/secrets/taskfleet_authkey"
 PORT = 7451
-# Our own subnet: tests pick their addresses (the labs use 172.28.10.0/24 and, for e2e,
-# 172.28.20.0/24).
+# Our own subnet, clear of the default lab's 172.28.10.0/24, the e2e lab's 172.28.20.0/24
+# and the named labs' 172.28.100-254.0/24 (TASKFLEET_CT_SUBNET picks another one).
 SUBNET = os.environ.get("TASKFLEET_CT_SUBNET", "172.28.50.0/24")
 # Short health intervals for the tests only; the images keep 30 s defaults.
 HEALTH_FAST = {"interval": 1_000_000_000, "timeout": 5_000_000_000, "retries": 3}

@@ -1,4 +1,4 @@
-"""Fabric day-two operations on the deployed lab (issue 6).
+"""Fabric day-two operations on the deployed lab.
 
 Runs the real ``fab`` command over real SSH against the lab that the Ansible
 deploy converged, and checks every claim through another path: the engines

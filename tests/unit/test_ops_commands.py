@@ -7,29 +7,35 @@ import shlex
 from typing import Any
 
 from taskfleet.ops import commands as cmd
+from taskfleet.ops.commands import HostCommands
+from taskfleet.ops.inventory import Host
+
+#: A host reached as a sudo user (every command through `sudo -n`) and one reached as root.
+SUDO = HostCommands(Host("worker1", "192.0.2.11", "deploy"))
+ROOT = HostCommands(Host("worker1", "192.0.2.11", "root"))
 
 
 def test_docker_goes_through_passwordless_sudo_unless_root() -> None:
-    assert cmd.docker(True) == ["sudo", "-n", "docker"]
-    assert cmd.docker(False) == ["docker"]
+    assert SUDO.docker() == ["sudo", "-n", "docker"]
+    assert ROOT.docker() == ["docker"]
 
 
 def test_inspect_managed_lists_only_labelled_containers() -> None:
-    assert cmd.inspect_managed(True) == (
+    assert SUDO.inspect_managed() == (
         "ids=$(sudo -n docker ps -aq --filter label=io.taskfleet.managed=true)"
         ' && { [ -z "$ids" ] || sudo -n docker inspect $ids; }'
     )
 
 
 def test_master_status_names_the_authkey_by_its_path_in_the_container() -> None:
-    assert cmd.sh(cmd.master_status(True, "172.28.40.10:7451")) == (
+    assert cmd.sh(SUDO.master_status("172.28.40.10:7451")) == (
         "sudo -n docker exec taskfleet-master taskfleet status --master 172.28.40.10:7451"
         " --authkey-file /run/secrets/taskfleet_authkey --json"
     )
 
 
 def test_smoke_expects_every_worker_host() -> None:
-    assert cmd.sh(cmd.smoke(False, "10.0.0.1:7451", 5000, ["w1", "w2"], 120)) == (
+    assert cmd.sh(ROOT.smoke("10.0.0.1:7451", 5000, ["w1", "w2"], 120)) == (
         "docker exec taskfleet-master taskfleet smoke --master 10.0.0.1:7451"
         " --authkey-file /run/secrets/taskfleet_authkey --count 5000 --expect-hosts w1,w2"
         " --timeout 120 --json"
@@ -37,7 +43,7 @@ def test_smoke_expects_every_worker_host() -> None:
 
 
 def test_submit_without_waiting() -> None:
-    assert cmd.sh(cmd.submit(True, "10.0.0.1:7451", "squares", 200000, chunk_size=500)) == (
+    assert cmd.sh(SUDO.submit("10.0.0.1:7451", "squares", 200000, chunk_size=500)) == (
         "sudo -n docker exec taskfleet-master taskfleet submit squares --range 200000"
         " --master 10.0.0.1:7451 --authkey-file /run/secrets/taskfleet_authkey"
         " --chunk-size 500 --no-wait --json"
@@ -45,7 +51,7 @@ def test_submit_without_waiting() -> None:
 
 
 def test_logs_prefix_each_line_with_its_container() -> None:
-    assert cmd.logs(True, ["taskfleet-master", "taskfleet-worker-1"], "10m", False) == (
+    assert SUDO.logs(["taskfleet-master", "taskfleet-worker-1"], "10m", False) == (
         "sudo -n sh -c 'docker logs --timestamps --since 10m taskfleet-master 2>&1"
         " | sed -u '\"'\"'s/^/taskfleet-master | /'\"'\"'; "
         "docker logs --timestamps --since 10m taskfleet-worker-1 2>&1"
@@ -54,7 +60,7 @@ def test_logs_prefix_each_line_with_its_container() -> None:
 
 
 def test_followed_logs_run_at_once_and_die_with_the_ssh_session() -> None:
-    line = cmd.logs(False, ["a", "b"], None, True, tail=5)
+    line = ROOT.logs(["a", "b"], None, True, tail=5)
     assert shlex.split(line) == [
         "sh",
         "-c",
@@ -65,7 +71,7 @@ def test_followed_logs_run_at_once_and_die_with_the_ssh_session() -> None:
 
 
 def test_logs_quote_a_hostile_since_value() -> None:
-    assert shlex.split(cmd.logs(False, ["a"], "1m; rm -rf /", False)) == [
+    assert shlex.split(ROOT.logs(["a"], "1m; rm -rf /", False)) == [
         "sh",
         "-c",
         "docker logs --timestamps --since '1m; rm -rf /' a 2>&1 | sed -u 's/^/a | /'",
@@ -73,11 +79,11 @@ def test_logs_quote_a_hostile_since_value() -> None:
 
 
 def test_logs_of_no_container_is_a_no_op() -> None:
-    assert cmd.logs(True, [], None, True) == "true"
+    assert SUDO.logs([], None, True) == "true"
 
 
 def test_stop_gives_workers_thirty_seconds_to_drain() -> None:
-    assert cmd.stop(True, ["taskfleet-worker-3", "taskfleet-worker-2"]) == [
+    assert SUDO.stop(["taskfleet-worker-3", "taskfleet-worker-2"]) == [
         "sudo",
         "-n",
         "docker",
@@ -87,7 +93,7 @@ def test_stop_gives_workers_thirty_seconds_to_drain() -> None:
         "taskfleet-worker-3",
         "taskfleet-worker-2",
     ]
-    assert cmd.restart(False, ["taskfleet-master"]) == [
+    assert ROOT.restart(["taskfleet-master"]) == [
         "docker",
         "restart",
         "-t",
@@ -96,12 +102,18 @@ def test_stop_gives_workers_thirty_seconds_to_drain() -> None:
     ]
 
 
+def test_scale_starts_stopped_workers_by_name() -> None:
+    assert cmd.sh(SUDO.start(["taskfleet-worker-2", "taskfleet-worker-3"])) == (
+        "sudo -n docker start taskfleet-worker-2 taskfleet-worker-3"
+    )
+
+
 def test_purge_removes_the_authkey_and_its_empty_directory() -> None:
-    assert cmd.remove_authkey(True) == (
+    assert SUDO.remove_authkey() == (
         "sudo -n rm -f /etc/taskfleet/authkey && "
         "sudo -n rmdir --ignore-fail-on-non-empty /etc/taskfleet 2>/dev/null || true"
     )
-    assert cmd.sh(cmd.list_managed_volumes(False)) == (
+    assert cmd.sh(ROOT.list_managed_volumes()) == (
         "docker volume ls -q --filter label=io.taskfleet.managed=true"
     )
 
@@ -182,7 +194,7 @@ WORKER: dict[str, Any] = {
 
 
 def test_clone_copies_the_deployed_worker_under_a_new_name() -> None:
-    assert cmd.clone_run(WORKER, IMAGE, "taskfleet-worker-3", True) == [
+    assert SUDO.clone_run(WORKER, IMAGE, "taskfleet-worker-3") == [
         "sudo",
         "-n",
         "docker",
@@ -241,7 +253,7 @@ def test_clone_repeats_settings_that_differ_from_the_image() -> None:
         Mounts=[{"Type": "volume", "Source": "tf-cache", "Target": "/cache", "ReadOnly": True}],
         Tmpfs={"/tmp/taskfleet": "size=1m"},
     )
-    argv = cmd.clone_run(worker, IMAGE, "taskfleet-worker-2", False)
+    argv = ROOT.clone_run(worker, IMAGE, "taskfleet-worker-2")
     text = cmd.sh(argv)
     for part in (
         "--restart on-failure:5",

@@ -25,16 +25,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,10 @@ from typing import Any
 import docker
 import docker.errors
 
-REPO = Path(__file__).resolve().parents[3]
+from taskfleet.ops import engine
+from taskfleet.ops.engine import HASH_LEN, REPO, Log, image_id
+from taskfleet.ops.errors import ImagesError, run_cli
+
 BUILD_DIR = REPO / ".build"
 BASE_DIR = REPO / "images" / "base"
 IMAGE_DIR = REPO / "images" / "taskfleet"
@@ -62,50 +63,23 @@ BASE_IMPORT_CHANGES = (
 # Files of the runtime that never go into an image: control-node tooling needs
 # third-party packages (docker, fabric) and would change the tag on every ops edit.
 RUNTIME_EXCLUDES = ("ops",)
-HASH_LEN = 12
-
-Log = Callable[[str], None]
-
-
-class ImagesError(Exception):
-    """A build step failed; the message reads ``<what> — <what to do>``."""
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-_lock_depth = 0
-
-
-@contextlib.contextmanager
-def _build_lock(log: Log) -> Iterator[None]:
+def _build_lock(log: Log) -> contextlib.AbstractContextManager[None]:
     """Serialise builds on this machine (``make images`` beside a test fixture, say).
 
     The second build waits, then finds the tags made by the first and skips.
-    Re-entrant within a process: build_images holds it while calling build_base.
+    Re-entrant: build_images holds it while calling build_base.
     """
-    global _lock_depth
-    if _lock_depth:
-        _lock_depth += 1
-        try:
-            yield
-        finally:
-            _lock_depth -= 1
-        return
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    with (BUILD_DIR / ".images.lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log("==> another image build runs on this machine — waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        _lock_depth = 1
-        try:
-            yield
-        finally:
-            _lock_depth = 0
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return engine.file_lock(
+        BUILD_DIR / ".images.lock",
+        "==> another image build runs on this machine — waiting for it",
+        log,
+    )
 
 
 @dataclass(frozen=True)
@@ -118,28 +92,9 @@ class ImageSet:
     base: str
 
 
-# --------------------------------------------------------------------------- engine
-
-
 def connect() -> docker.DockerClient:
-    """Return a client for the local engine, or raise ImagesError saying how to start it."""
-    try:
-        # Imports and builds stream large bodies: the SDK's 60 s default is too short.
-        client = docker.from_env(timeout=900)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        raise ImagesError(
-            "the Docker engine does not answer — start it (dockerd, or systemctl start docker)"
-        ) from exc
-    return client
-
-
-def image_id(client: docker.DockerClient, name: str) -> str | None:
-    """The image ID of ``name`` in the engine, or None when it is absent."""
-    try:
-        return str(client.images.get(name).id)
-    except docker.errors.ImageNotFound:
-        return None
+    """A client for the local engine, or ImagesError saying how to start it."""
+    return engine.connect(ImagesError)
 
 
 # --------------------------------------------------------------------------- base
@@ -170,13 +125,15 @@ def _check_debootstrap() -> None:
     """Raise ImagesError naming the fix when debootstrap cannot run here."""
     if _find_debootstrap() is None:
         raise ImagesError(
-            "debootstrap is not installed — apt-get install debootstrap, "
-            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim"
+            "debootstrap is not installed",
+            "apt-get install debootstrap, "
+            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim",
         )
     if os.geteuid() != 0:
         raise ImagesError(
-            "debootstrap needs root — run make base-image as root, "
-            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim"
+            "debootstrap needs root",
+            "run make base-image as root, "
+            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim",
         )
 
 
@@ -240,8 +197,8 @@ def _run_debootstrap(tarball: Path, mirror: str, logfile: Path, log: Log) -> Non
     if rc != 0:
         last = logfile.read_text().strip().splitlines()[-1:] or ["no output"]
         raise ImagesError(
-            f"building the base rootfs failed (exit {rc}: {last[0][:160]}) — "
-            f"see {logfile.relative_to(REPO)}; check that {mirror} is reachable"
+            f"building the base rootfs failed (exit {rc}: {last[0][:160]})",
+            f"see {logfile.relative_to(REPO)}; check that {mirror} is reachable",
         )
     log(f"   rootfs built in {time.monotonic() - started:.0f} s")
 
@@ -287,8 +244,8 @@ def _build_base(client: docker.DockerClient, mirror: str | None, log: Log) -> st
         )
     except docker.errors.DockerException as exc:
         raise ImagesError(
-            f"docker import of {tarball.name} failed ({exc}) — "
-            f"delete {tarball.relative_to(REPO)} and run make base-image again"
+            f"docker import of {tarball.name} failed ({exc})",
+            f"delete {tarball.relative_to(REPO)} and run make base-image again",
         ) from exc
     size = client.images.get(name).attrs["Size"] / 1e6
     log(f"==> {name} imported ({size:.0f} MB)")
@@ -319,16 +276,16 @@ def _runtime_files() -> Iterator[tuple[str, Path]]:
 _STUB_README = "taskfleet runtime (standard library only). See the project README.\n"
 
 
-def content_tag(base_id: str) -> str:
-    """TAG = hash of the staged runtime tree, the image recipe files and the base image ID."""
-    h = hashlib.sha256()
-    for rel, path in _runtime_files():
-        h.update(f"{rel}\0".encode() + path.read_bytes() + b"\0")
+def _recipe_files() -> Iterator[tuple[str, Path]]:
+    """(name, path) of the image recipe: the Dockerfile and its helpers, no subfolders."""
     for path in sorted(IMAGE_DIR.iterdir()):
         if path.is_file():
-            h.update(f"images/taskfleet/{path.name}\0".encode() + path.read_bytes() + b"\0")
-    h.update(b"README\0" + _STUB_README.encode() + b"\0base\0" + base_id.encode())
-    return h.hexdigest()[:HASH_LEN]
+            yield f"images/taskfleet/{path.name}", path
+
+
+def content_tag(base_id: str) -> str:
+    """TAG = hash of the staged runtime tree, the image recipe files and the base image ID."""
+    return engine.tree_hash([*_runtime_files(), *_recipe_files()], _STUB_README, base_id)
 
 
 def _build_wheel(context: Path, log: Log) -> Path:
@@ -350,8 +307,9 @@ def _build_wheel(context: Path, log: Log) -> Path:
     if proc.returncode != 0 or len(built) != 1:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ImagesError(
-            f"pip wheel failed ({last[:160]}) — run `{sys.executable} -m pip wheel --no-deps "
-            f"{stage}` to see why (it needs setuptools from PyPI or pip's cache)"
+            f"pip wheel failed ({last[:160]})",
+            f"run `{sys.executable} -m pip wheel --no-deps {stage}` to see why "
+            "(it needs setuptools from PyPI or pip's cache)",
         )
     shutil.rmtree(stage)
     return built[0]
@@ -398,43 +356,19 @@ def _docker_build(
     log: Log,
 ) -> None:
     """One legacy-builder build of ``target``; prints its steps; raises ImagesError on failure."""
-    tail: list[str] = []
-    pending = ""  # a step is printed once we know it did not come from the cache
-    cached = 0
-    stream = client.api.build(
-        path=str(context),
-        dockerfile="Dockerfile",
-        tag=name,
-        target=target,
+    engine.build(
+        client,
+        context,
+        name,
         buildargs=buildargs,
-        rm=True,
-        forcerm=True,
-        pull=False,
-        decode=True,
+        target=target,
+        log=log,
+        error=ImagesError,
+        what=f"docker build --target {target}",
+        fix="fix images/taskfleet/Dockerfile or the base image, then run make images again",
     )
-    for chunk in stream:
-        if "error" in chunk:
-            detail = str(chunk["error"]).strip().splitlines()[-1]
-            context_lines = " | ".join(tail[-3:])
-            raise ImagesError(
-                f"docker build --target {target} failed: {detail[:200]} "
-                f"(last output: {context_lines[:300]}) — fix images/taskfleet/Dockerfile "
-                "or the base image, then run make images again"
-            )
-        text = str(chunk.get("stream", "")).strip()
-        if not text:
-            continue
-        tail.extend(text.splitlines())
-        del tail[:-20]
-        if pending and "Using cache" in text:
-            cached += 1
-        elif pending:
-            log(f"   [{target}] {pending[:110]}")
-        pending = text if text.startswith("Step ") else ""
-    if cached:
-        log(f"   [{target}] {cached} steps from the build cache")
     if not image_id(client, name):
-        raise ImagesError(f"docker build produced no {name} — see the output above")
+        raise ImagesError(f"docker build produced no {name}", "see the output above")
 
 
 def build_images(
@@ -461,8 +395,9 @@ def _build_images(client: docker.DockerClient, base_image: str | None, log: Log)
     base_id = image_id(client, base)
     if base_id is None:
         raise ImagesError(
-            f"base image {base} is not in the Docker engine — docker load it (or docker pull "
-            "it where a registry is reachable), or leave BASE_IMAGE empty to build taskfleet-base"
+            f"base image {base} is not in the Docker engine",
+            "docker load it (or docker pull it where a registry is reachable), "
+            "or leave BASE_IMAGE empty to build taskfleet-base",
         )
     tag = content_tag(base_id)
     images = ImageSet(tag, f"{MASTER_REPO}:{tag}", f"{WORKER_REPO}:{tag}", base)
@@ -490,13 +425,8 @@ def _build_images(client: docker.DockerClient, base_image: str | None, log: Log)
 
 def write_images_json(images: ImageSet) -> Path:
     """Write .build/images.json atomically (readers never see half a file)."""
-    BUILD_DIR.mkdir(exist_ok=True)
     path = BUILD_DIR / "images.json"
-    fd, tmp = tempfile.mkstemp(dir=BUILD_DIR, prefix=".images.json.")
-    with os.fdopen(fd, "w") as out:
-        json.dump(asdict(images), out, indent=2)
-        out.write("\n")
-    os.replace(tmp, path)
+    engine.write_atomic(path, json.dumps(asdict(images), indent=2) + "\n")
     return path
 
 
@@ -530,7 +460,7 @@ def _save_images(images: ImageSet, log: Log) -> Path:
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ImagesError(f"docker save failed ({last[:200]}) — run make images, then retry")
+        raise ImagesError(f"docker save failed ({last[:200]})", "run make images, then retry")
     os.replace(tmp, path)
     log(f"   {path.stat().st_size / 1e6:.0f} MB")
     return path
@@ -567,21 +497,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "base":
-            print(build_base(mirror=args.mirror))
-        elif args.command == "build":
-            images = build_images(args.base_image)
-            print(json.dumps(asdict(images)))
-        else:
-            print(save_images(build_images(args.base_image)))
-    except ImagesError as exc:
-        print(f"taskfleet: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("taskfleet: error: interrupted — run the command again to resume", file=sys.stderr)
-        return 130
-    return 0
+
+    def run() -> None:
+        with engine.docker_errors(ImagesError):
+            if args.command == "base":
+                print(build_base(mirror=args.mirror))
+            elif args.command == "build":
+                print(json.dumps(asdict(build_images(args.base_image))))
+            else:
+                print(save_images(build_images(args.base_image)))
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Fabric's ``Connection`` accepts unknown host keys by default (paramiko's
 known_hosts (``UserKnownHostsFile``, else ``~/.ssh/known_hosts``) and uses
 ``RejectPolicy``: an unknown or changed key fails that host with one line and
 the other hosts carry on. ``run_on_hosts`` is a bounded thread pool returning
-one ``HostResult`` per host; nothing here raises for a single host's failure.
+one ``HostResult`` per host (``run_one`` for a single host); nothing here
+raises for a single host's failure.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from taskfleet.ops.inventory import Host, OpsError
+from taskfleet.ops.commands import Command, sh
+from taskfleet.ops.errors import OpsError
+from taskfleet.ops.inventory import Host
 
 T = TypeVar("T")
 
@@ -33,12 +36,10 @@ DEFAULT_PARALLEL = 10
 CONNECT_TIMEOUT = 10
 
 
-class HostError(OpsError):
-    """One host failed; the message is one line naming the host's problem and the fix."""
-
-
 @dataclass
 class HostResult(Generic[T]):
+    """What ``fn`` returned on one host, or the one-line error that stopped it."""
+
     host: str
     ok: bool
     value: T | None = None
@@ -127,12 +128,13 @@ def explain(host: Host, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run(conn: Connection, command: str, timeout: float | None = 120, **kwargs: Any) -> str:
-    """Run ``command`` and return its stdout; raises UnexpectedExit on a non-zero exit.
+def run(conn: Connection, command: Command, timeout: float | None = 120, **kwargs: Any) -> str:
+    """Run ``command`` (an argv list or a shell line) and return its stdout.
 
-    stdin is never forwarded (in_stream=False): many threads share our stdin.
+    Raises UnexpectedExit on a non-zero exit. stdin is never forwarded
+    (in_stream=False): many threads share our stdin.
     """
-    result = conn.run(command, hide=True, in_stream=False, timeout=timeout, **kwargs)
+    result = conn.run(sh(command), hide=True, in_stream=False, timeout=timeout, **kwargs)
     return str(result.stdout)
 
 
@@ -171,6 +173,7 @@ def run_on_hosts(
 
 
 def run_one(host: Host, fn: Callable[[Connection, Host], T]) -> HostResult[T]:
+    """``run_on_hosts`` for one host: its result, never an exception."""
     return run_on_hosts([host], fn, parallel=1)[0]
 
 
@@ -200,10 +203,3 @@ class PrefixWriter:
     def close(self) -> None:
         if self.buf:
             self.write("\n")
-
-
-def first_error(results: Iterable[HostResult[Any]]) -> str | None:
-    for result in results:
-        if not result.ok:
-            return result.error
-    return None

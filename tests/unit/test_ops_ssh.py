@@ -10,8 +10,8 @@ from invoke.exceptions import UnexpectedExit
 from invoke.runners import Result
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from taskfleet.ops.fleet import connect, explain, run_on_hosts
 from taskfleet.ops.inventory import Host
+from taskfleet.ops.ssh import connect, explain, run_on_hosts
 
 
 @pytest.fixture
