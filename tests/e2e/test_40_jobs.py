@@ -28,7 +28,7 @@ import pytest
 from taskfleet import authkey, profile
 from taskfleet.client import Client
 from tests.e2e.conftest import Lab
-from tests.e2e.test_20_deploy import OUTPUTS, PORT, Run, connect_from, playbook, sh
+from tests.e2e.test_20_deploy import PORT, Run, connect_from, playbook, run_deploy, sh
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -39,22 +39,9 @@ PACKAGES = {"taskfleet-primes": "1.0.0"}
 PRIMES_BELOW_A_MILLION = 78_498
 
 
-def make_deploy(lab: Lab, *args: str) -> Run:
+def make_deploy(*args: str) -> Run:
     """`make deploy` for the session's lab (its TASKFLEET_LAB* settings are in the env)."""
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
-    started = time.monotonic()
-    proc = subprocess.run(
-        ["make", "deploy", *args],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        cwd=REPO,
-        env=env,
-        check=False,
-    )
-    run = Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
-    OUTPUTS.append(run.out)
-    return run
+    return run_deploy(["make", "deploy", *args])
 
 
 def client_json(lab: Lab) -> Path:
@@ -64,7 +51,7 @@ def client_json(lab: Lab) -> Path:
 @pytest.fixture(scope="module")
 def deployed(lab: Lab) -> Iterator[Run]:
     """The cluster deployed by `make deploy JOBS=examples/primes` (images built on the way)."""
-    run = make_deploy(lab, f"JOBS={JOBS}")
+    run = make_deploy(f"JOBS={JOBS}")
     print(f"[jobs] make deploy JOBS={JOBS}: {run.seconds:.1f} s")
     if run.rc != 0:
         pytest.fail(f"make deploy JOBS={JOBS} failed (exit {run.rc}):\n{run.tail()}", pytrace=False)
@@ -156,7 +143,7 @@ def test_the_outsider_still_cannot_reach_the_master(lab: Lab, deployed: Run) -> 
 
 
 def test_a_second_deploy_with_the_same_jobs_changes_nothing(lab: Lab, deployed: Run) -> None:
-    run = make_deploy(lab, f"JOBS={JOBS}")
+    run = make_deploy(f"JOBS={JOBS}")
     print(f"[jobs] unchanged make deploy JOBS={JOBS}: {run.seconds:.1f} s")
     assert run.rc == 0, run.tail()
     recap = run.recap()
