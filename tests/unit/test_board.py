@@ -76,8 +76,8 @@ def test_one_lease_call_hands_out_several_chunks(clock: Clock, make_board: MakeB
     board = make_board(10)
     board.add_job(range_job(n=10_000))
     leases = board.lease("w1", 4)
-    assert [(job, idx) for job, idx, _, _ in leases] == [("j1", 0), ("j1", 1), ("j1", 2), ("j1", 3)]
-    assert leases[0][2:] == ("squares", ("range", 0, 1000))
+    assert [(job, idx) for job, idx, *_ in leases] == [("j1", 0), ("j1", 1), ("j1", 2), ("j1", 3)]
+    assert leases[0][2:4] == ("squares", ("range", 0, 1000))
     st = board.job_status("j1")
     assert st["chunks"] == {"pending": 6, "leased": 4, "done": 0}
 
@@ -88,7 +88,7 @@ def test_lease_spans_jobs_oldest_first_and_stops_when_empty(
     board = make_board(10)
     board.add_job(range_job("a", n=2000))
     board.add_job(range_job("b", n=1000))
-    assert [(j, i) for j, i, _, _ in board.lease("w1", 5)] == [("a", 0), ("a", 1), ("b", 0)]
+    assert [(j, i) for j, i, *_ in board.lease("w1", 5)] == [("a", 0), ("a", 1), ("b", 0)]
     assert board.lease("w1", 5) == []
 
 
@@ -102,7 +102,7 @@ def test_lease_expires_and_chunk_returns_to_pending(clock: Clock, make_board: Ma
     assert report.gone == ["w1"]
     assert board.job_status("j1")["chunks"] == {"pending": 3, "leased": 0, "done": 0}
     # requeued chunks come back first
-    assert [i for _, i, _, _ in board.lease("w2", 3)] == [0, 1, 2]
+    assert [i for _, i, *_ in board.lease("w2", 3)] == [0, 1, 2]
 
 
 def test_heartbeat_extends_only_the_leases_the_worker_holds(
@@ -141,7 +141,7 @@ def test_late_completion_of_an_expired_lease_is_accepted_once(
     board.lease("w1", 1)
     clock.now += 6
     board.reap()
-    assert [i for _, i, _, _ in board.lease("w2", 1)] == [0]
+    assert [i for _, i, *_ in board.lease("w2", 1)] == [0]
     assert board.complete("w1", [("j1", 0)]).accepted == [("j1", 0)]
     assert board.complete("w2", [("j1", 0)]).duplicates == 1
     assert board.job_status("j1")["chunks"] == {"pending": 0, "leased": 0, "done": 1}
@@ -163,7 +163,7 @@ def test_resume_skips_done_chunks_and_adopts_held_ones(clock: Clock, make_board:
     # after a master restart a worker reports a chunk it still runs
     board.heartbeat("w1", [("j1", 4)])
     assert board.job_status("j1")["chunks"] == {"pending": 3, "leased": 1, "done": 2}
-    assert [i for _, i, _, _ in board.lease("w2", 10)] == [1, 3, 5]
+    assert [i for _, i, *_ in board.lease("w2", 10)] == [1, 3, 5]
     assert board.complete("w1", [("j1", 4)]).accepted == [("j1", 4)]
     assert board.job_status("j1")["chunks"] == {"pending": 0, "leased": 3, "done": 3}
 
@@ -195,9 +195,7 @@ def test_a_hundred_million_item_range_job_stays_small(clock: Clock, make_board: 
 def test_waiting_lease_wakes_when_a_job_arrives(make_board: MakeBoard) -> None:
     board = make_board(10, real_clock=True)
     got: list[int] = []
-    t = threading.Thread(
-        target=lambda: got.extend(i for _, i, _, _ in board.lease("w1", 2, wait=5))
-    )
+    t = threading.Thread(target=lambda: got.extend(i for _, i, *_ in board.lease("w1", 2, wait=5)))
     t.start()
     board.add_job(range_job(n=5000))
     t.join(timeout=5)
@@ -254,7 +252,7 @@ def test_random_operations_keep_every_invariant_and_finish_every_chunk(
         worker = rng.choice(list(held))
         op = rng.random()
         if op < 0.35:
-            held[worker] += [ChunkId(j, i) for j, i, _, _ in board.lease(worker, rng.randint(1, 4))]
+            held[worker] += [ChunkId(j, i) for j, i, *_ in board.lease(worker, rng.randint(1, 4))]
         elif op < 0.65 and held[worker]:
             some = rng.sample(held[worker], rng.randint(1, len(held[worker])))
             outcome = board.complete(worker, some)
@@ -282,7 +280,7 @@ def test_random_operations_keep_every_invariant_and_finish_every_chunk(
             ):
                 break
             continue
-        accepted += board.complete("w9", [ChunkId(j, i) for j, i, _, _ in leases]).accepted
+        accepted += board.complete("w9", [ChunkId(j, i) for j, i, *_ in leases]).accepted
         board.check()
     assert board.job_status("a")["state"] == JobState.DONE
     assert board.job_status("b")["state"] == JobState.DONE

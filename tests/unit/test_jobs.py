@@ -51,9 +51,13 @@ def test_squares_refuses_items_that_are_not_numbers() -> None:
     )
 
 
-def test_run_chunk_returns_pickled_results_for_ranges_and_items() -> None:
-    assert pickle.loads(jobs.run_chunk("squares", ("range", 3, 6))) == [9, 16, 25]
-    assert pickle.loads(jobs.run_chunk("squares", ("items", [7, -2]))) == [49, 4]
+def test_run_segment_returns_pickled_results_for_ranges_and_items() -> None:
+    blob, failed, failures = jobs.run_segment("squares", ("range", 3, 6), 0, 3, stop_on_error=True)
+    assert (pickle.loads(blob), failed, failures) == ([9, 16, 25], 0, [])
+    blob, failed, failures = jobs.run_segment(
+        "squares", ("items", [7, -2]), 0, 2, stop_on_error=True
+    )
+    assert (pickle.loads(blob), failed, failures) == ([49, 4], 0, [])
 
 
 def test_entry_point_jobs_resolve_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,7 +26,7 @@ def test_jobs_and_results_survive_a_reopen(tmp_path: Path) -> None:
 
     j = Journal(path)
     jobs = j.jobs()
-    assert [(s.id, state, err, dups) for s, state, err, dups in jobs] == [
+    assert [(s.id, state, err, dups) for s, state, err, dups, *_ in jobs] == [
         ("r1", "running", None, 2),
         ("i1", "failed", "boom", 0),
     ]
@@ -34,7 +34,7 @@ def test_jobs_and_results_survive_a_reopen(tmp_path: Path) -> None:
     assert list(jobs[1][0].items or []) == [3, 4, 5]
     assert list(j.done_chunks("r1")) == [1]
     rows = j.fetch("r1", 0, 10_000, 1000)
-    assert [(c, w, h, pickle.loads(b)) for _, c, w, h, b in rows] == [(1, "w1", "hostA", [1, 2])]
+    assert [(c, w, h, pickle.loads(b)) for _, c, w, h, b, _ in rows] == [(1, "w1", "hostA", [1, 2])]
     assert j.fetch("r1", rows[0][0], 10_000, 1000) == []
     j.close()
 
@@ -45,7 +45,7 @@ def test_a_chunk_cannot_be_journaled_twice(tmp_path: Path) -> None:
     j.record_done([("r1", 0, "w1", "h", b"x")])
     with pytest.raises(Exception, match="UNIQUE"):
         j.record_done([("r1", 0, "w2", "h", b"y")])
-    assert [c for _, c, _, _, _ in j.fetch("r1", 0, 100, 10)] == [0]
+    assert [c for _, c, *_ in j.fetch("r1", 0, 100, 10)] == [0]
 
 
 def test_board_resumes_from_the_journal(tmp_path: Path) -> None:
@@ -57,10 +57,10 @@ def test_board_resumes_from_the_journal(tmp_path: Path) -> None:
 
     j = Journal(path)
     board = Board(10)
-    for spec, state, error, dups in j.jobs():
+    for spec, state, error, dups, *_ in j.jobs():
         board.add_job(spec, j.done_chunks(spec.id), dups, state, error)
     assert board.job_status("r1")["chunks"] == {"pending": 3, "leased": 0, "done": 2}
-    assert [i for _, i, _, _ in board.lease("w", 10)] == [1, 2, 4]
+    assert [i for _, i, *_ in board.lease("w", 10)] == [1, 2, 4]
 
 
 def test_journal_in_a_missing_directory_is_a_one_line_error(tmp_path: Path) -> None:
