@@ -19,7 +19,9 @@ stream resumes where it was) and deliver every chunk exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import os
 import secrets
 import socket
@@ -402,18 +404,25 @@ class Job:
     def _iterate(
         self, ordered: bool, timeout: float | None, *, cancel_on_exit: bool
     ) -> Iterator[Any]:
+        # Items flow through C (chain over each chunk's list); Python runs once per chunk.
+        return itertools.chain.from_iterable(
+            self._result_lists(ordered, timeout, cancel_on_exit=cancel_on_exit)
+        )
+
+    def _result_lists(
+        self, ordered: bool, timeout: float | None, *, cancel_on_exit: bool
+    ) -> Iterator[list[Any]]:
         finished = False
         try:
             for chunk in self.chunks(ordered=ordered, timeout=timeout):
-                yield from chunk.results
+                yield chunk.results
             finished = True
         finally:
             if cancel_on_exit and not finished:
                 # The caller left early (or the stream failed): do not keep the fleet busy.
-                try:
+                # Best effort: this may run while the iterator is garbage-collected.
+                with contextlib.suppress(Exception):
                     self._client.board.cancel(self.id)
-                except TaskfleetError:
-                    pass
 
     def chunks(
         self, *, ordered: bool = True, timeout: float | None = None
