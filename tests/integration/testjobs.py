@@ -56,9 +56,9 @@ def unpicklable(n: int) -> object:
 
 
 def fails_on_w1(n: int) -> int:
-    """Item 7 fails on the worker named w1 only (its pool processes share its argv)."""
-    if n == 7 and sys.argv[sys.argv.index("--name") + 1] == "w1":
-        raise RuntimeError("w1 cannot do seven")
+    """Items ending in 7 fail on the worker named w1 only (its pool processes share its argv)."""
+    if n % 10 == 7 and sys.argv[sys.argv.index("--name") + 1] == "w1":
+        raise RuntimeError("w1 cannot do sevens")
     return n * n
 
 
