@@ -73,13 +73,18 @@ class JobSpec:
     item_timeout: float | None = None
 
     @property
-    def range(self) -> range:
+    def item_range(self) -> range:
         """The items of a range job (never expanded)."""
         return range(self.start, self.stop, self.step)
 
     @property
     def n_items(self) -> int:
-        return len(self.items) if self.items is not None else len(self.range)
+        if self.items is not None:
+            return len(self.items)
+        # Arithmetic, not len(range): len() refuses ranges longer than sys.maxsize.
+        if self.step > 0:
+            return max(0, (self.stop - self.start + self.step - 1) // self.step)
+        return max(0, (self.start - self.stop - self.step - 1) // -self.step)
 
     @property
     def n_chunks(self) -> int:
@@ -103,7 +108,7 @@ class JobSpec:
     def payload(self, index: int) -> Payload:
         lo, hi = self.bounds(index)
         if self.items is None:
-            part = self.range[lo:hi]
+            part = self.item_range[lo:hi]
             if part.step == 1:
                 return ("range", part.start, part.stop)
             return ("range", part.start, part.stop, part.step)
@@ -112,7 +117,7 @@ class JobSpec:
     def chunk_items(self, index: int) -> Sequence[Any]:
         lo, hi = self.bounds(index)
         if self.items is None:
-            return self.range[lo:hi]
+            return self.item_range[lo:hi]
         return self.items[lo:hi]
 
     def lease(self, index: int) -> Lease:
@@ -767,7 +772,9 @@ class Board:
         """Accept each chunk once; a chunk with ``failed`` items is a failed attempt.
 
         Unknown or already-done chunks, and chunks of a job that is no longer
-        running, count as duplicates. A failed attempt is retried up to the
+        running, count as duplicates; so does a failed attempt reported by a
+        worker that does not hold the chunk's lease (a report resent after a
+        lost reply must not spend a second retry). A failed attempt is retried up to the
         job's ``retries``; after that ``on_error="skip"`` accepts the chunk
         (its failed items counted) and ``"fail"`` fails the job with
         ``errors[chunk]`` as its error. The caller journals ``accepted`` before
@@ -797,15 +804,21 @@ class Board:
                     continue
                 bad = failed.get(cid, 0)
                 if bad:
+                    hold = job.leased.get(index)
+                    if hold is None or hold.worker != worker:
+                        # Not this worker's lease (any more): a resent report after a lost
+                        # reply, or a lease that expired and went elsewhere. Counting it
+                        # would spend a retry twice; the chunk runs (or ran) again anyway.
+                        job.duplicates += 1
+                        outcome.duplicates += 1
+                        continue
                     attempt = job.attempts.get(index, 0) + 1
                     outcome.attempts[cid] = attempt
                     if attempt <= job.spec.retries:
                         job.attempts[index] = attempt
                         job.failed_by.setdefault(index, set()).add(worker)
                         job.failed_at[index] = now
-                        hold = job.leased.get(index)
-                        if hold is not None and hold.worker == worker:
-                            job.drop_lease(index)
+                        job.drop_lease(index)
                         outcome.retried.append(cid)
                         self._work.notify_all()
                         continue

@@ -250,10 +250,10 @@ def _read_items(path: str) -> list[Any]:
 class _ProgressLine:
     """``done/total items, items/s, ETA`` on stderr, rewritten in place; only on a terminal."""
 
-    def __init__(self, job_id: str, stream: TextIO) -> None:
+    def __init__(self, job_id: str, stream: TextIO, *, enabled: bool = True) -> None:
         self.job_id = job_id
         self.stream = stream
-        self.enabled = stream.isatty()
+        self.enabled = enabled and stream.isatty()
         self.t0 = time.monotonic()
         self.shown = False
 
@@ -426,7 +426,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             # Nothing is printed of a job that then fails: wait, then read the results.
             state = _wait(job, args.timeout, progress)
             if state == JobState.DONE:
-                count, failed = _print_results(job, args.json, sys.stdout, None, progress)
+                quiet = _ProgressLine(job.id, sys.stderr, enabled=False)
+                count, failed = _print_results(job, args.json, sys.stdout, None, quiet)
     except TimeoutError as exc:
         raise _not_finished(job, exc) from None
     return _finish(job, args, t0, count, failed, job.info())

@@ -499,3 +499,16 @@ def test_random_failures_and_cancels_keep_every_invariant(
             break
     else:
         raise AssertionError("jobs still running after 4000 steps")
+
+
+def test_a_failed_attempt_reported_twice_spends_one_retry(
+    clock: Clock, make_board: MakeBoard
+) -> None:
+    board = make_board(10)
+    board.add_job(failing_job(retries=1))
+    board.lease("w1", 1)
+    report = {ChunkId("f", 0): 1}
+    assert board.complete("w1", [ChunkId("f", 0)], failed=report).retried == [("f", 0)]
+    again = board.complete("w1", [ChunkId("f", 0)], failed=report)  # the reply was lost
+    assert again.attempts == {} and again.duplicates == 1
+    assert board.job_status("f")["state"] == "running"
