@@ -38,7 +38,6 @@ master open.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import mmap
 import multiprocessing
@@ -67,8 +66,10 @@ _NOT_STARTED = -1  # progress value before the first item of a piece
 def _load_prctl() -> Callable[..., int] | None:
     """libc's prctl, looked up once in the worker (a child must not load libraries)."""
     try:
+        import ctypes
+
         prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: rely on close() alone
+    except (ImportError, OSError, AttributeError):  # no ctypes, or not Linux: close() alone
         return None
     return prctl
 
