@@ -415,8 +415,7 @@ class Pool:
             except OSError:
                 pass  # the process died: its sentinel says so next
 
-    @staticmethod
-    def _next_piece(task: _Task) -> _Piece | None:
+    def _next_piece(self, task: _Task) -> _Piece | None:
         """The task's next piece to run; failed items on the way become placeholders."""
         while task.todo:
             piece = task.todo.popleft()
@@ -425,9 +424,8 @@ class Pool:
                     return piece
                 continue
             task.add_failures(1, [piece.failure])
-            task.parts.append(
-                pickle.dumps([jobs.placeholder(piece.failure)], protocol=pickle.HIGHEST_PROTOCOL)
-            )
+            stand_in = jobs.placeholder(piece.failure, self._worker, self._host)
+            task.parts.append(pickle.dumps([stand_in], protocol=pickle.HIGHEST_PROTOCOL))
         return None
 
     def _check_timeouts(self) -> float | None:

@@ -70,6 +70,7 @@ def test_a_process_that_dies_is_replaced_and_its_item_named(pool: Pool) -> None:
     results = decode_results(result.blob)
     assert results[:7] == list(range(7)) and results[8:] == [8, 9]
     assert isinstance(results[7], ItemError) and results[7].kind == "crash"
+    assert (results[7].worker, results[7].host) == ("w1", "hostA")
     # one death in the fast path, one in isolation mode: two replacements
     assert pool.replaced == 2 and len(pool.pids()) == 2 and len(before & set(pool.pids())) < 2
     pool.submit([lease(1, "squares", ("range", 0, 3))])
