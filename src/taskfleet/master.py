@@ -18,6 +18,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -205,49 +206,53 @@ class BoardService:
                 summaries[cid] = failure_summary(first, index, attempt, worker, host)
             for job_id, cid in outcome.failed_jobs.items():
                 self.board.set_error(job_id, summaries[cid])
-            rows = [
-                DoneRow(c.job_id, c.chunk, worker, host, parsed[c].blob) for c in outcome.accepted
-            ]
-            accepted = set(outcome.accepted)
-            dups: dict[str, int] = {}
-            for cid in parsed:
-                if cid not in accepted and cid not in outcome.attempts:
-                    dups[cid.job_id] = dups.get(cid.job_id, 0) + 1
-            errors = self._error_rows(outcome, parsed, worker, host)
-            states = {
-                job_id: (JobState.FAILED, summaries.get(cid))
-                for job_id, cid in outcome.failed_jobs.items()
-            }
-            per_job: dict[str, int] = {}
-            for cid, count in outcome.skipped.items():
-                per_job[cid.job_id] = per_job.get(cid.job_id, 0) + count
-            for job_id, cid in outcome.failed_jobs.items():
-                per_job[job_id] = per_job.get(job_id, 0) + parsed[cid].failed
-            try:
-                self.journal.record_done(
-                    rows,
-                    dups,
-                    failed={(c.job_id, c.chunk): n for c, n in outcome.skipped.items()},
-                    items_failed=per_job,
-                    errors=errors,
-                    finished=outcome.finished_jobs,
-                    states=states,
-                )
-            except Exception as exc:
-                self.board.undo_complete(worker, outcome.accepted, outcome.skipped)
-                self.log.error("journal write failed, %d chunks will run again: %s", len(rows), exc)
-                raise JournalError(
-                    f"the master could not journal results: {exc}", "see the master's log"
-                ) from None
-            for job_id in {e.job_id for e in errors}:
-                self._error_counts[job_id] = self._error_counts.get(job_id, 0) + sum(
-                    1 for e in errors if e.job_id == job_id
-                )
+            self._journal(outcome, parsed, summaries, worker, host)
         self._log_failures(outcome, parsed, summaries, worker)
         self._changed()
         for job_id in outcome.finished_jobs:
             self._log_done(job_id)
         return Ack(accepted=len(outcome.accepted), duplicates=outcome.duplicates)
+
+    def _journal(
+        self,
+        outcome: CompleteOutcome,
+        parsed: dict[ChunkId, Result],
+        summaries: dict[ChunkId, str],
+        worker: str,
+        host: str,
+    ) -> None:
+        """Write what ``board.complete`` decided in one transaction (``_commit`` held);
+        when that fails, take the accepted chunks back so they run again."""
+        rows = [DoneRow(c.job_id, c.chunk, worker, host, parsed[c].blob) for c in outcome.accepted]
+        accepted = set(outcome.accepted)
+        dups = Counter(c.job_id for c in parsed if c not in accepted and c not in outcome.attempts)
+        items_failed = Counter[str]()
+        for cid, count in outcome.skipped.items():
+            items_failed[cid.job_id] += count
+        for job_id, cid in outcome.failed_jobs.items():
+            items_failed[job_id] += parsed[cid].failed
+        errors = self._error_rows(outcome, parsed, worker, host)
+        try:
+            self.journal.record_done(
+                rows,
+                dups,
+                failed={(c.job_id, c.chunk): n for c, n in outcome.skipped.items()},
+                items_failed=items_failed,
+                errors=errors,
+                finished=outcome.finished_jobs,
+                states={
+                    job_id: (JobState.FAILED, summaries.get(cid))
+                    for job_id, cid in outcome.failed_jobs.items()
+                },
+            )
+        except Exception as exc:
+            self.board.undo_complete(worker, outcome.accepted, outcome.skipped)
+            self.log.error("journal write failed, %d chunks will run again: %s", len(rows), exc)
+            raise JournalError(
+                f"the master could not journal results: {exc}", "see the master's log"
+            ) from None
+        for job_id, count in Counter(e.job_id for e in errors).items():
+            self._error_counts[job_id] = self._error_counts.get(job_id, 0) + count
 
     def _item_index(self, cid: ChunkId, position: int) -> int:
         """The position in the job of an item named by its position in a chunk."""
