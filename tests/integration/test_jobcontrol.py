@@ -75,6 +75,24 @@ def connect(cluster: Cluster) -> taskfleet.Client:
     return taskfleet.connect(cluster.address, str(cluster.key))
 
 
+def run_api_script(cluster: Cluster, script: str, timeout: float) -> dict[str, Any]:
+    """Run ``script`` in another Python process (finding the master through the
+    environment, as users do); it prints one JSON object."""
+    env = dict(
+        cluster.env, TASKFLEET_MASTER=cluster.address, TASKFLEET_AUTHKEY_FILE=str(cluster.key)
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
 # -- failures that explain themselves ------------------------------------------------------
 
 
@@ -343,19 +361,7 @@ def test_a_job_is_reattached_from_another_process_and_read_after_it_finished(
         "                      'state': job.state, 'progress': job.progress(),\n"
         "                      'listed': [j.id for j in client.jobs()]}))\n"
     )
-    env = dict(
-        cluster.env, TASKFLEET_MASTER=cluster.address, TASKFLEET_AUTHKEY_FILE=str(cluster.key)
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=150,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout)
+    seen = run_api_script(cluster, script, timeout=150)
     assert seen["first"] in ("pending", "running") and seen["ok"] and seen["state"] == "done"
     assert seen["progress"] == [3000, 3000, 0] and seen["listed"] == [job_id]
     r = cluster.client("results", job_id)
@@ -533,19 +539,7 @@ def test_map_over_a_hundred_million_items_keeps_memory_bounded_when_one_chunk_is
         "    print(json.dumps({'n': n, 'ordered': ordered, 'grew_kb': grew,"
         " 'state': job.state}))\n"
     )
-    env = dict(
-        cluster.env, TASKFLEET_MASTER=cluster.address, TASKFLEET_AUTHKEY_FILE=str(cluster.key)
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout)
+    seen = run_api_script(cluster, script, timeout=180)
     assert seen["n"] == 2_000_000 and seen["ordered"]
     assert seen["grew_kb"] < 40_000, f"the reader grew by {seen['grew_kb']} KB"
     assert seen["state"] == "cancelled", "leaving the loop cancels the job"
