@@ -155,10 +155,6 @@ PREFETCH_PER_PROCESS: Final = 2
 """Chunks a worker keeps in hand per pool process, so the next one is queued while
 results travel."""
 
-POOL_RESPAWN_DELAY: Final = 0.05
-"""Pause before a pool process that died is replaced, so a job that kills every
-process at once cannot make the worker fork in a tight loop."""
-
 # -- clients -------------------------------------------------------------------------------
 
 PROGRESS_INTERVAL: Final = 0.5
