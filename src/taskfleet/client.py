@@ -122,7 +122,8 @@ class Client:
     ``reconnect_for`` seconds (a restart) before giving up. A context manager:
     ``with taskfleet.connect() as client: …`` closes the connection at the end.
     Calls from several threads are serialized (one connection); use one Client
-    per thread to wait on several jobs at once.
+    per thread to wait on several jobs at once. ``client.board`` is the typed
+    wire itself (:class:`taskfleet.protocol.BoardStub`), for tools.
     """
 
     def __init__(
