@@ -84,7 +84,8 @@ def test_status_json_shape(cluster: Cluster) -> None:
     r = cluster.client("submit", "squares", "--range", "3000", "--json")
     assert r.returncode == 0, r.stderr
     st = cluster.status()
-    assert set(st) == {"master", "workers", "jobs"}
+    assert set(st) == {"master", "workers", "jobs", "jobs_not_listed"}
+    assert st["jobs_not_listed"] == 0
     assert st["master"]["address"] == cluster.address and st["master"]["uptime_s"] >= 0
     (w,) = st["workers"]
     assert set(w) == {"name", "host", "last_heartbeat_age_s", "chunks_done", "items_done", "leased"}
