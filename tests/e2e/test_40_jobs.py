@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from taskfleet import authkey, profile
-from taskfleet.client import Client
+import taskfleet
 from tests.e2e.conftest import Lab
 from tests.e2e.test_20_deploy import PORT, Run, connect_from, playbook, run_deploy, sh
 
@@ -95,24 +94,20 @@ def test_the_deploy_writes_the_control_nodes_profile_0600_and_git_ignored(
 def test_primes_over_a_million_from_the_control_node_through_the_profile(
     lab: Lab, deployed: Run
 ) -> None:
-    # The Python API with nothing but the profile. (Client.submit + results: the
-    # issue's minimum; taskfleet.connect(profile=...) replaces these lines once it lands.)
-    target = profile.resolve(profile=str(client_json(lab)), env={})
-    assert target.master == (lab.hosts["master"], PORT)
-    client = Client(target.master, authkey.load(target.authkey_file))
-    try:
+    # The Python API with nothing but the profile the deploy wrote.
+    with taskfleet.connect(profile=str(client_json(lab))) as client:
+        assert client.where == f"{lab.hosts['master']}:{PORT}"
         started = time.monotonic()
-        spec = client.submit("primes", n=10**6, chunk_size=5_000)
+        job = client.submit("primes", range(10**6), chunk_size=5_000)
         seen: Counter[int] = Counter()
         hosts: Counter[str] = Counter()
         primes = 0
-        for chunk in client.results(spec, timeout=600):
+        for chunk in job.chunks(ordered=False, timeout=600):
             seen.update(chunk.items)
             hosts[chunk.host] += len(chunk.items)
             primes += sum(chunk.results)
         seconds = time.monotonic() - started
-    finally:
-        client.close()
+        assert job.state == "done"
     print(f"[jobs] primes over range(10**6) from the control node: {seconds:.1f} s, {hosts}")
     assert primes == PRIMES_BELOW_A_MILLION
     assert len(seen) == 10**6 and set(seen.values()) == {1}
