@@ -5,7 +5,8 @@ The deploy builds the images with the example package on the control node and
 ships them; the control node (this machine, the lab network's gateway) is
 admitted by the lab's firewall, so the Python API and the CLI reach the master
 with nothing but ``inventory/<lab>/secrets/client.json``. Every worker host
-must take part in counting the primes below a million (78,498). A second
+must take part in counting the primes below a million (78,498); every worker
+reports the package's version, and a job records it. A second
 deploy with the same packages, from the command line or from the inventory,
 changes nothing. Runs after test_30 (whose last test stops the cluster):
 the first deploy here brings it back, so the file also runs alone.
@@ -112,6 +113,19 @@ def test_primes_over_a_million_from_the_control_node_through_the_profile(
     assert primes == PRIMES_BELOW_A_MILLION
     assert len(seen) == 10**6 and set(seen.values()) == {1}
     assert sorted(hosts) == sorted(lab.workers), hosts
+
+
+def test_every_worker_reports_the_package_and_a_job_records_the_code_it_ran(
+    lab: Lab, deployed: Run
+) -> None:
+    with taskfleet.connect(profile=str(client_json(lab))) as client:
+        workers = client.status()["workers"]
+        assert sorted({w["host"] for w in workers}) == sorted(lab.workers), workers
+        assert [w["job_packages"] for w in workers] == [PACKAGES] * len(workers), workers
+        job = client.submit("primes", range(100))
+        assert job.wait(timeout=120) == "done"
+        assert job.info()["code_version"] == "taskfleet-primes 1.0.0"
+        assert job.spec.code_version == "taskfleet-primes 1.0.0"
 
 
 def test_the_cli_submits_primes_with_only_the_profile(lab: Lab, deployed: Run) -> None:
