@@ -467,10 +467,12 @@ def _build(sources: Sequence[Source], target: Target, work: Path, log: Log) -> J
     seen: dict[str, str] = {}
     for path in sorted(resolved.glob("*.whl")):
         name, version, _ = wheel_metadata(path)
-        if canonical(name) in seen:  # pip resolved one version per name: a second is a bug
+        if canonical(name) in seen:
+            # A job package given here and another version of it that a second job
+            # package requires from the index: the images can hold only one.
             raise ImagesError(
-                f"job packages: two wheels of {name} ({seen[canonical(name)]}, {path.name})",
-                f"delete {work.relative_to(REPO)} and run make images again",
+                f"job packages: two versions of {name} ({seen[canonical(name)]}, {path.name})",
+                f"make every requirement on {name} accept the one JOBS gives",
             )
         seen[canonical(name)] = path.name
         if canonical(name) in names:
