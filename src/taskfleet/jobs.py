@@ -63,7 +63,8 @@ def available() -> list[str]:
 def _unknown(name: str, why: str) -> UnknownJob:
     return UnknownJob(
         f"unknown job {name!r}{why}",
-        f"use one of: {', '.join(available())}, or package.module:function",
+        f"use one of: {', '.join(available())}, or package.module:function;"
+        " your own job package must be in the images (make deploy JOBS=<folder>, docs/jobs.md)",
     )
 
 

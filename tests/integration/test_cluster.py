@@ -279,7 +279,8 @@ def test_submit_refuses_unknown_jobs_and_bad_items(cluster: Cluster, tmp_path: P
     assert r.returncode == 2
     assert r.stderr == (
         "taskfleet: error: unknown job 'nosuchjob'"
-        " — use one of: squares, or package.module:function\n"
+        " — use one of: squares, or package.module:function;"
+        " your own job package must be in the images (make deploy JOBS=<folder>, docs/jobs.md)\n"
     )
     items = tmp_path / "items.txt"
     items.write_text("1\n2\nthree\n")

@@ -40,7 +40,8 @@ def test_unknown_jobs_are_refused_with_the_valid_names(name: str, detail: str) -
         jobs.resolve(name)
     assert str(err.value) == (
         f"unknown job {name!r}{detail}"
-        f" — use one of: {', '.join(jobs.available())}, or package.module:function"
+        f" — use one of: {', '.join(jobs.available())}, or package.module:function;"
+        " your own job package must be in the images (make deploy JOBS=<folder>, docs/jobs.md)"
     )
 
 
