@@ -46,8 +46,10 @@ from taskfleet.protocol import (
     SpecWire,
     StatusView,
     SubmitReply,
+    TLSView,
     wire,
 )
+from taskfleet.tls import CertInfo, TLSConfig, describe
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -67,6 +69,8 @@ class BoardService:
         self._results = threading.Condition()
         self._generation = 0
         self._job_started: dict[str, float] = {}
+        # The master's certificate and the CA's (status reports their expiry).
+        self.certs: tuple[CertInfo, CertInfo] | None = None
 
     def _peer(self) -> str:
         return self.server.peer() if self.server is not None else ""
@@ -217,7 +221,13 @@ class BoardService:
                     spec.n_items,
                     spec.n_chunks,
                 )
-        return SubmitReply(id=spec.id, job=spec.job, n_items=spec.n_items, n_chunks=spec.n_chunks)
+        return SubmitReply(
+            id=spec.id,
+            job=spec.job,
+            n_items=spec.n_items,
+            n_chunks=spec.n_chunks,
+            result_types=jobs.declared_result_types(spec.job),
+        )
 
     def _spec(self, job_id: str) -> JobSpec:
         if not self.board.has_job(job_id):
@@ -227,7 +237,13 @@ class BoardService:
         return self.board.spec(job_id)
 
     def job(self, job_id: str) -> tuple[SpecWire, JobView]:
-        return self._spec(job_id).as_wire(), self.board.job_status(job_id)
+        spec = self._spec(job_id)
+        wire_spec = spec.as_wire()
+        try:
+            wire_spec["result_types"] = jobs.declared_result_types(spec.job)
+        except TaskfleetError:  # a job whose package is gone since: plain data only
+            wire_spec["result_types"] = []
+        return wire_spec, self.board.job_status(job_id)
 
     def fetch(
         self,
@@ -258,10 +274,16 @@ class BoardService:
                 "address": self.address,
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "version": __version__,
+                "tls": self._tls_view(),
             },
             workers=view["workers"],
             jobs=view["jobs"],
         )
+
+    def _tls_view(self) -> TLSView:
+        if self.certs is None:
+            return TLSView(enabled=False)
+        return describe(*self.certs)
 
     def close(self) -> None:
         """Close the journal once an in-flight commit has finished (the master is stopping)."""
@@ -343,9 +365,12 @@ class Master:
         journal_path: str | None,
         lease_timeout: float,
         log: logging.Logger,
+        *,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.bind, self.port = bind, port
         self._authkey = authkey
+        self._tls = tls
         self._journal_path = journal_path
         self.lease_timeout = lease_timeout
         self.log = log
@@ -357,9 +382,15 @@ class Master:
     def start(self) -> None:
         """Bind first (so a bad address changes nothing), then the journal, then serve."""
         self.board = Board(self.lease_timeout)
+        certs = self._tls.check() if self._tls is not None else None  # TLSError: nothing bound
         try:
             server = TaskfleetServer(
-                self._board_handle, EXPOSED, (self.bind, self.port), self._authkey, self.log
+                self._board_handle,
+                EXPOSED,
+                (self.bind, self.port),
+                self._authkey,
+                self.log,
+                tls=self._tls,
             )
         except OSError as exc:
             raise _bind_error(self.bind, self.port, exc) from None
@@ -377,6 +408,7 @@ class Master:
             journal = Journal(path)
             service = BoardService(self.board, journal, self.log, address)
             service.server = server
+            service.certs = certs
             resumed = 0
             for spec, state, error, dups in journal.jobs():
                 self.board.add_job(spec, journal.done_chunks(spec.id), dups, state, error)
@@ -397,12 +429,28 @@ class Master:
         self.service, self.server = service, server
         server.start()
         self.log.info(
-            "master %s listening on %s (journal %s, lease timeout %gs, %d jobs resumed)",
+            "master %s listening on %s (%s, journal %s, lease timeout %gs, %d jobs resumed)",
             __version__,
             address,
+            "mutual TLS" if certs is not None else "plaintext: no TLS",
             path,
             self.lease_timeout,
             resumed,
+        )
+        if certs is not None:
+            self._check_names(certs[0])
+
+    def _check_names(self, cert: CertInfo) -> None:
+        """Warn when the certificate does not name the bind address: clients dialling it
+        will refuse the master (they check the address against the certificate)."""
+        if self.bind in ("0.0.0.0", "::") or self.bind in cert.names():  # noqa: S104
+            return
+        self.log.warning(
+            "the TLS certificate names %s, not the bind address %s: clients that dial %s"
+            " will refuse it — issue the certificate for this address (make rotate-tls)",
+            ", ".join(cert.names()) or "no address",
+            self.bind,
+            self.bind,
         )
 
     def _board_handle(self) -> BoardService:

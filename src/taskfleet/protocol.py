@@ -8,10 +8,16 @@ methods are :class:`Method`, and nothing else is callable (``EXPOSED``).
 
 Values on the wire are plain data only: tuples, lists, dicts, str, int, float,
 bool, bytes, None — plus :class:`taskfleet.errors.TaskfleetError` subclasses in
-``#ERROR`` replies. The named tuples below document the shapes and give the
-two ends typed access; they are sent as plain tuples (a named tuple pickles
-with a class reference, 5x slower to encode and decode) and rebuilt on
-arrival by :class:`BoardStub`. Job states travel as their string values.
+``#ERROR`` replies. Every side enforces it: messages are decoded by
+:mod:`taskfleet.safepickle`, which refuses any other class or function.
+Result blobs (bytes inside messages) are decoded by the client alone, with the
+types the job declares (``result_types`` in the submit and job replies).
+
+The named tuples below document the shapes and give the two ends typed
+access; they are sent as plain tuples (a named tuple pickles with a class
+reference, 5x slower to encode and decode, and refused by the restricted
+unpickler) and rebuilt on arrival by :class:`BoardStub`. Job states travel as
+their string values.
 
 Every method is safe to retry: a :class:`~taskfleet.manager.Session` resends a
 call on a new connection when the old one broke, so a method must give the
@@ -26,10 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import Any, Final, NamedTuple, Protocol, TypedDict
+from typing import Any, Final, NamedTuple, NotRequired, Protocol, TypedDict
 
-PROTOCOL_VERSION: Final = 2
-"""Version 1 was the first release (no hello version check); 2 adds it."""
+PROTOCOL_VERSION: Final = 3
+"""Version 1 was the first release (no hello version check); 2 adds it; 3 decodes
+every message with the restricted unpickler and adds ``result_types`` to the
+submit and job replies (and TLS, which a version-2 peer cannot speak)."""
 
 BOARD_IDENT: Final = "board"
 """Identity of the board service object on every master (never released)."""
@@ -119,7 +127,9 @@ class ResultRow(NamedTuple):
 class SpecWire(TypedDict):
     """A submitted job as ``job`` returns it (``taskfleet.board.JobSpec`` on either end).
 
-    ``items`` is None for a range job over ``[start, stop)``.
+    ``items`` is None for a range job over ``[start, stop)``. ``result_types``
+    (in the ``job`` reply): what the job declares its results may hold besides
+    plain data, as "module:qualname" (:func:`taskfleet.jobs.result_types`).
     """
 
     id: str
@@ -129,6 +139,7 @@ class SpecWire(TypedDict):
     stop: int
     items: list[Any] | None
     created: float
+    result_types: NotRequired[list[str]]
 
 
 class Ack(TypedDict):
@@ -154,10 +165,13 @@ class PingReply(TypedDict):
 
 
 class SubmitReply(TypedDict):
+    """The master's answer to ``submit``; ``result_types`` as in :class:`SpecWire`."""
+
     id: str
     job: str
     n_items: int
     n_chunks: int
+    result_types: list[str]
 
 
 class ChunkCounts(TypedDict):
@@ -193,10 +207,26 @@ class WorkerView(TypedDict):
     leased: int
 
 
+class TLSView(TypedDict, total=False):
+    """The master's TLS in ``status``: ``enabled`` always; the rest only when it is on.
+
+    ``cert_*``: the master's own certificate (``not_after`` as ISO 8601 UTC,
+    days left, the names it is valid for); ``ca_*``: the cluster CA's.
+    """
+
+    enabled: bool
+    cert_not_after: str
+    cert_days_left: float
+    cert_names: list[str]
+    ca_not_after: str
+    ca_days_left: float
+
+
 class MasterView(TypedDict):
     address: str
     uptime_s: float
     version: str
+    tls: TLSView
 
 
 class StatusView(TypedDict):

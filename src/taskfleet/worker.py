@@ -27,12 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from taskfleet import defaults, jobs
-from taskfleet.errors import AuthkeyRejected, ProtocolMismatch, Stopping, TaskfleetError
+from taskfleet.errors import (
+    AuthkeyRejected,
+    ProtocolMismatch,
+    Stopping,
+    TaskfleetError,
+    TLSError,
+    TLSRefused,
+)
 from taskfleet.manager import Session
 from taskfleet.protocol import BoardStub, ChunkId, Lease, Result, Role
+from taskfleet.tls import TLSConfig
 
 # Errors after which retrying cannot help: the worker exits with the message.
-_FATAL = (AuthkeyRejected, ProtocolMismatch)
+_FATAL = (AuthkeyRejected, ProtocolMismatch, TLSError, TLSRefused)
 
 
 def _child_init() -> None:
@@ -56,9 +64,12 @@ class Worker:
         processes: int,
         heartbeat_file: str | None,
         log: logging.Logger,
+        *,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.address = address
         self._authkey = authkey
+        self._tls = tls
         self.name = name
         self.host = host
         self.processes = processes
@@ -119,6 +130,7 @@ class Worker:
             give_up=None,
             log=self.log,
             stop=self.stop,
+            tls=self._tls,
         )
         board = BoardStub(session)
         try:
@@ -162,6 +174,7 @@ class Worker:
                 log=self.log,
                 on_connect=self._hello,
                 stop=self.stop,
+                tls=self._tls,
             )
             board = BoardStub(session)
             try:

@@ -122,7 +122,13 @@ def test_every_reply_is_plain_data_and_the_stub_rebuilds_the_shapes(master: Mast
         hello = stub.hello(Role.WORKER, "w2", "hostB", 1)
         assert hello["protocol"] == PROTOCOL_VERSION and hello["lease_timeout"] == 10.0
         submitted = stub.submit("jz", "squares", 5, 0, 5)
-        assert submitted == {"id": "jz", "job": "squares", "n_items": 5, "n_chunks": 1}
+        assert submitted == {
+            "id": "jz",
+            "job": "squares",
+            "n_items": 5,
+            "n_chunks": 1,
+            "result_types": [],
+        }
         _, leases2 = stub.exchange("w2", "hostB", [], 1, 0.0)
         assert all(isinstance(lease, Lease) for lease in leases2)
         lease = leases2[0]

@@ -65,3 +65,19 @@ def test_entry_point_jobs_resolve_by_name(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "factorial_ep" in jobs.available()
     assert jobs.resolve("factorial_ep")(4) == 24
+
+
+def test_a_job_declares_its_result_types_by_class_or_name() -> None:
+    from decimal import Decimal
+
+    from taskfleet.jobs import declared_result_types, result_types
+
+    @result_types(Decimal, "fractions:Fraction")
+    def f(n: int) -> Decimal:
+        return Decimal(n)
+
+    assert f.taskfleet_result_types == ("decimal:Decimal", "fractions:Fraction")  # type: ignore[attr-defined]
+    assert declared_result_types("squares") == []
+    assert declared_result_types("tests.integration.testjobs:decimal_half") == ["decimal:Decimal"]
+    with pytest.raises(ValueError):
+        result_types("decimal.Decimal")
