@@ -28,6 +28,31 @@ def test_master_status_names_the_authkey_by_its_path_in_the_container() -> None:
     )
 
 
+TLS = [
+    "--tls-ca",
+    "/run/secrets/taskfleet_tls/ca.crt",
+    "--tls-cert",
+    "/run/secrets/taskfleet_tls/host.crt",
+    "--tls-key",
+    "/run/secrets/taskfleet_tls/host.key",
+]
+
+
+def test_with_tls_the_commands_pass_the_master_containers_own_files() -> None:
+    files = (
+        " --tls-ca /run/secrets/taskfleet_tls/ca.crt --tls-cert /run/secrets/taskfleet_tls/host.crt"
+        " --tls-key /run/secrets/taskfleet_tls/host.key"
+    )
+    assert cmd.sh(cmd.master_status(False, "10.0.0.1:7451", TLS)) == (
+        "docker exec taskfleet-master taskfleet status --master 10.0.0.1:7451"
+        f" --authkey-file /run/secrets/taskfleet_authkey{files} --json"
+    )
+    assert cmd.sh(cmd.smoke(False, "10.0.0.1:7451", 50, [], 9, TLS)) == (
+        "docker exec taskfleet-master taskfleet smoke --master 10.0.0.1:7451"
+        f" --authkey-file /run/secrets/taskfleet_authkey{files} --count 50 --timeout 9 --json"
+    )
+
+
 def test_smoke_expects_every_worker_host() -> None:
     assert cmd.sh(cmd.smoke(False, "10.0.0.1:7451", 5000, ["w1", "w2"], 120)) == (
         "docker exec taskfleet-master taskfleet smoke --master 10.0.0.1:7451"

@@ -18,6 +18,7 @@ from taskfleet.ops.operations import (
     fresh_workers,
     human_duration,
     master_address,
+    master_tls,
     parse_containers,
     workers_of,
 )
@@ -112,6 +113,20 @@ def test_master_address_is_read_from_the_running_master_arguments() -> None:
         NOW,
     )
     assert master_address(inventory(), containers) == "172.28.40.10:7999"
+
+
+def test_the_masters_tls_files_are_read_from_its_arguments() -> None:
+    tls = ["--tls-ca", "/t/ca.crt", "--tls-cert", "/t/host.crt", "--tls-key", "/t/host.key"]
+    for args, expected in [
+        (["master", "--bind", "10.0.0.1", *tls], tls),
+        (["master", "--bind", "10.0.0.1"], []),
+        (["master", "--tls-ca", "/t/ca.crt"], []),  # not all three: none
+    ]:
+        containers = parse_containers(
+            json.dumps([inspect_item("taskfleet-master", "master", cmd=args)]), NOW
+        )
+        assert master_tls(containers) == expected
+    assert master_tls([]) == []
 
 
 def test_master_address_falls_back_to_the_inventory() -> None:

@@ -5,7 +5,9 @@ the few pipelines, one shell string) and is pinned by unit tests on the exact
 text, the way Kamal's ``commands/`` are. ``fleet``/``operations`` run them.
 
 The authkey is only ever named by its path inside the master container
-(``/run/secrets/taskfleet_authkey``): it never appears on a command line.
+(``/run/secrets/taskfleet_authkey``): it never appears on a command line. With
+TLS, the commands run in the master container pass its own TLS files
+(``tls``: the ``--tls-*`` arguments of the master itself, paths only).
 """
 
 from __future__ import annotations
@@ -78,19 +80,28 @@ def master_exec(sudo: bool, args: Sequence[str]) -> list[str]:
     return [*docker(sudo), "exec", MASTER_CONTAINER, "taskfleet", *args]
 
 
-def master_status(sudo: bool, master: str) -> list[str]:
+def master_status(sudo: bool, master: str, tls: Sequence[str] = ()) -> list[str]:
     return master_exec(
-        sudo, ["status", "--master", master, "--authkey-file", AUTHKEY_IN_CONTAINER, "--json"]
+        sudo,
+        ["status", "--master", master, "--authkey-file", AUTHKEY_IN_CONTAINER, *tls, "--json"],
     )
 
 
-def smoke(sudo: bool, master: str, count: int, hosts: Sequence[str], timeout: float) -> list[str]:
+def smoke(
+    sudo: bool,
+    master: str,
+    count: int,
+    hosts: Sequence[str],
+    timeout: float,
+    tls: Sequence[str] = (),
+) -> list[str]:
     args = [
         "smoke",
         "--master",
         master,
         "--authkey-file",
         AUTHKEY_IN_CONTAINER,
+        *tls,
         "--count",
         str(count),
     ]
@@ -101,7 +112,13 @@ def smoke(sudo: bool, master: str, count: int, hosts: Sequence[str], timeout: fl
 
 
 def submit(
-    sudo: bool, master: str, job: str, count: int, chunk_size: int | None = None, wait: bool = False
+    sudo: bool,
+    master: str,
+    job: str,
+    count: int,
+    chunk_size: int | None = None,
+    wait: bool = False,
+    tls: Sequence[str] = (),
 ) -> list[str]:
     args = [
         "submit",
@@ -112,6 +129,7 @@ def submit(
         master,
         "--authkey-file",
         AUTHKEY_IN_CONTAINER,
+        *tls,
     ]
     if chunk_size:
         args += ["--chunk-size", str(chunk_size)]

@@ -145,6 +145,24 @@ def master_address(inv: Inventory, containers: Sequence[Container]) -> str:
     return f"{inv.master_bind}:{inv.master_port}"
 
 
+TLS_FLAGS = ("--tls-ca", "--tls-cert", "--tls-key")
+
+
+def master_tls(containers: Sequence[Container]) -> list[str]:
+    """The master's own ``--tls-*`` arguments (container paths), for the commands run in
+    its container; [] when it runs without TLS."""
+    for c in containers:
+        if c.role == "master":
+            args = []
+            for flag in TLS_FLAGS:
+                value = _arg(c.args, flag)
+                if value is None:
+                    return []
+                args += [flag, value]
+            return args
+    return []
+
+
 def _last_json(text: str) -> dict[str, Any]:
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
@@ -156,11 +174,11 @@ def _last_json(text: str) -> dict[str, Any]:
 
 
 def query_master(
-    conn: Connection, inv: Inventory, address: str, timeout: float = 30
+    conn: Connection, inv: Inventory, address: str, timeout: float = 30, tls: Sequence[str] = ()
 ) -> dict[str, Any]:
     """The master's own view (``taskfleet status --json`` run inside its container)."""
     return _last_json(
-        run(conn, cmd.sh(cmd.master_status(inv.master.sudo, address)), timeout=timeout)
+        run(conn, cmd.sh(cmd.master_status(inv.master.sudo, address, tls)), timeout=timeout)
     )
 
 
@@ -236,7 +254,9 @@ def collect_status(inv: Inventory) -> dict[str, Any]:
         if host.name == inv.master.name:
             view["master_address"] = master_address(inv, containers)
             try:
-                view["master"] = query_master(conn, inv, view["master_address"])
+                view["master"] = query_master(
+                    conn, inv, view["master_address"], tls=master_tls(containers)
+                )
             except Exception as exc:  # reported as the master's view error
                 view["master_error"] = explain(host, exc)
         return view
@@ -530,11 +550,13 @@ class _MasterProbe:
     def __init__(self, inv: Inventory) -> None:
         self.inv = inv
         self.conn = connect(inv.master)
-        self.address = master_address(inv, list_containers(self.conn, inv.master))
+        containers = list_containers(self.conn, inv.master)
+        self.address = master_address(inv, containers)
+        self.tls = master_tls(containers)
 
     def status(self) -> dict[str, Any] | None:
         try:
-            return query_master(self.conn, self.inv, self.address, timeout=15)
+            return query_master(self.conn, self.inv, self.address, timeout=15, tls=self.tls)
         except Exception:  # "not answering yet" is an expected state while polling
             return None
 
@@ -624,8 +646,10 @@ def smoke(inv: Inventory, count: int = 10_000, timeout: float = 300, as_json: bo
         raise OpsError(f"smoke: --count must be at least 1, got {count}")
 
     def one(conn: Connection, host: Host) -> dict[str, Any]:
-        address = master_address(inv, list_containers(conn, host))
-        argv = cmd.smoke(host.sudo, address, count, [w.name for w in inv.workers], timeout)
+        containers = list_containers(conn, host)
+        address = master_address(inv, containers)
+        workers = [w.name for w in inv.workers]
+        argv = cmd.smoke(host.sudo, address, count, workers, timeout, master_tls(containers))
         result = conn.run(cmd.sh(argv), hide=True, in_stream=False, warn=True, timeout=timeout + 30)
         try:
             report = _last_json(result.stdout)
