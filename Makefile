@@ -1,21 +1,25 @@
-# taskfleet — the front door. `make help` lists every target.
-SHELL := bash -o pipefail -ec
-.DEFAULT_GOAL := help
+# taskfleet — the front door. `make help` lists every target and setting.
+SHELL := bash
 .SHELLFLAGS := -o pipefail -ec
+.DEFAULT_GOAL := help
 
-##@ Settings
+##@ Settings (make <target> NAME=value)
 
-# Inventory environment under inventory/ (lab = real machines template, local = the simulated lab).
-INVENTORY ?= local
+# The simulated lab to work on: taskfleet-<LAB>-* containers, a free /24 and inventory/<LAB> (or set TASKFLEET_LAB).
+LAB ?= local
+# Inventory for deploy and the operations: a folder under inventory/ (lab = your machines) or a path; empty = the lab's.
+INVENTORY ?=
 # Python used to create the control-node virtualenv (3.11+).
 PYTHON ?= python3
 # Virtualenv holding the runtime, Ansible, Fabric and the test tools.
 VENV ?= .venv
 # Base image for the taskfleet images; empty = build taskfleet-base from Debian's archive.
 BASE_IMAGE ?=
+# Job packages for both images: project folders or .whl files (JOBS="examples/primes"); for deploy it replaces taskfleet_job_packages.
+JOBS ?=
 # Number of simulated worker hosts in the lab.
 LAB_WORKERS ?= 3
-# Non-empty: `make lab-down` also removes the lab's apt cache volume.
+# Non-empty: lab-down also removes the apt cache volume; teardown and down also journals and authkeys.
 PURGE ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k lease -x").
 PYTEST_ARGS ?=
@@ -24,17 +28,52 @@ ANSIBLE_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.taskfleet-lock-$(shell sha256sum requirements/dev.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
-INVENTORY_DIR := inventory/$(INVENTORY)
 export ANSIBLE_CONFIG := $(CURDIR)/deploy/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
+
+# The end-to-end tier runs on a lab of its own (tests/e2e/conftest.py: e2e, 172.28.20.0/24),
+# so `make test` never touches the lab `make demo` made, unless a lab is named on purpose
+# (LAB= on the command line or in the environment, or an exported TASKFLEET_LAB).
+E2E_LAB_ENV := $(if $(or $(filter-out file undefined,$(origin LAB)),$(TASKFLEET_LAB)),,env -u TASKFLEET_LAB -u TASKFLEET_LAB_SUBNET -u TASKFLEET_LAB_INVENTORY)
+# The lab: LAB from the command line, else an exported TASKFLEET_LAB, else local.
+ifeq ($(origin LAB),file)
+LAB := $(or $(TASKFLEET_LAB),$(LAB))
+endif
+# TASKFLEET_LAB_SUBNET and TASKFLEET_LAB_INVENTORY override what is derived for a lab: when
+# exported, for the lab TASKFLEET_LAB names (a LAB= naming another lab leaves them out);
+# when given on the command line, for LAB.
+ifneq ($(LAB),$(or $(TASKFLEET_LAB),local))
+ifeq ($(origin TASKFLEET_LAB_SUBNET),environment)
+TASKFLEET_LAB_SUBNET :=
+endif
+ifeq ($(origin TASKFLEET_LAB_INVENTORY),environment)
+TASKFLEET_LAB_INVENTORY :=
+endif
+endif
+export TASKFLEET_LAB := $(LAB)
+export TASKFLEET_LAB_SUBNET TASKFLEET_LAB_INVENTORY
+LAB_INVENTORY := $(or $(TASKFLEET_LAB_INVENTORY),inventory/$(LAB))
+# INVENTORY=lab means inventory/lab; a value with a slash is a path.
+INVENTORY_DIR := $(if $(INVENTORY),$(if $(findstring /,$(INVENTORY)),$(INVENTORY),inventory/$(INVENTORY)),$(LAB_INVENTORY))
+LAB_PY := $(BIN)/python -m taskfleet.ops.lab
+# JOBS given to make (command line or environment, even empty) replaces the inventory's
+# taskfleet_job_packages: ansible-playbook gets it as an extra variable, a JSON list.
+comma := ,
+space := $(subst ,, )
+JOBS_GIVEN := $(filter-out file,$(origin JOBS))
+JOBS_EXTRA := $(if $(JOBS_GIVEN),-e '{"taskfleet_job_packages": [$(subst $(space),$(comma),$(foreach j,$(JOBS),"$(j)"))]}')
 
 ##@ Help
 
 .PHONY: help
-help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m [INVENTORY=local|lab]\n"} \
+help: ## Show this help: every target, and every setting with its default.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m [NAME=value ...]\n"} \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5); doc = ""; next } \
+	  /^# / { doc = substr($$0, 3); next } \
+	  /^[A-Z_]+ \?=/ { name = $$0; sub(/ \?=.*/, "", name); value = $$0; sub(/^[^=]*= */, "", value); \
+	    printf "  \033[33m%-14s\033[0m %s (default: %s)\n", name, doc, (value == "" ? "empty" : value); doc = ""; next } \
 	  /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } \
-	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+	  { doc = "" }' $(MAKEFILE_LIST)
 
 ##@ Development
 
@@ -58,19 +97,23 @@ lock: ## Re-resolve requirements/dev.in into requirements/dev.lock.
 	@rm -rf .build/lock-venv && echo "requirements/dev.lock updated"
 
 .PHONY: lint
-lint: venv ## Run ruff, mypy (strict: src/ and the fabfile) and ansible-lint (also part of make test).
-	$(BIN)/ruff check src tests bench deploy/fabfile.py
-	$(BIN)/mypy
-	cd deploy && ../$(BIN)/ansible-lint --offline --profile production
+lint: venv ## The lint tier: ruff check, ruff format --check, mypy (strict), ansible-lint, yamllint.
+	$(BIN)/pytest tests/lint --run-lint $(PYTEST_ARGS)
 
 .PHONY: test
-test: venv ## Run the whole suite: unit, integration, containers, e2e (needs a Docker engine).
-	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
-	$(BIN)/pytest tests/containers $(PYTEST_ARGS)
-	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+test: setup-host venv ## Every tier, one pytest run each: unit, integration, lint, containers, e2e (~20 min).
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest tests/lint --run-lint $(PYTEST_ARGS)
+	$(BIN)/pytest tests/containers --run-containers $(PYTEST_ARGS)
+	$(E2E_LAB_ENV) $(BIN)/pytest tests/e2e --run-e2e $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: venv ## The unit tier only (seconds; no processes, no Docker).
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test-fast
-test-fast: venv ## Run only unit and integration tests (no Docker).
+test-fast: venv ## Unit and integration, no Docker (= a bare pytest): the contributor loop.
 	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: bench
@@ -85,10 +128,13 @@ bench-deploy: images ## Deploy benchmark on the lab: fresh deploy and idempotent
 clean: ## Remove build outputs (.build/); the lab is removed by lab-down.
 	rm -rf .build
 
+.PHONY: setup-host
+setup-host: ## Install and start what the Docker targets need (root on Debian); else say what to do.
+	@.ci/setup-host
+
+# The image and lab targets name this one; the host set-up includes the engine check.
 .PHONY: docker-check
-docker-check:
-	@command -v docker >/dev/null || { echo "make: docker not found — install Docker (Debian: apt-get install docker.io)" >&2; exit 1; }
-	@docker info >/dev/null 2>&1 || { echo "make: the Docker engine does not answer — start it (dockerd, or systemctl start docker)" >&2; exit 1; }
+docker-check: setup-host
 
 ##@ Images
 
@@ -97,29 +143,29 @@ base-image: docker-check venv ## Build taskfleet-base from Debian's archive (ski
 	$(BIN)/python -m taskfleet.ops.images base
 
 .PHONY: images
-images: docker-check venv ## Build taskfleet-master and taskfleet-worker (tagged by content); writes .build/images.json.
-	$(BIN)/python -m taskfleet.ops.images build $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
+images: docker-check venv ## Build taskfleet-master and taskfleet-worker with the JOBS packages (tagged by content); writes .build/images.json.
+	$(BIN)/python -m taskfleet.ops.images build $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(foreach j,$(JOBS),--job $(j))
 
 ##@ Lab (simulated machines)
 
 .PHONY: lab
-lab: docker-check venv ## Start the simulated machines and write inventory/local/hosts.yml.
-	LAB_WORKERS=$(LAB_WORKERS) $(BIN)/python -m taskfleet.ops.lab up
+lab: docker-check venv ## Start the simulated machines of LAB and write inventory/<LAB>/hosts.yml.
+	LAB_WORKERS=$(LAB_WORKERS) $(LAB_PY) up
 
 .PHONY: lab-down
-lab-down: venv ## Remove every lab container, volume and network (the apt cache volume stays; PURGE=1 removes it too).
-	$(BIN)/python -m taskfleet.ops.lab down $(if $(PURGE),--purge)
+lab-down: venv ## Remove every container, volume and network of LAB (the apt cache volume stays; PURGE=1 removes it too).
+	$(LAB_PY) down $(if $(PURGE),--purge)
 
 .PHONY: lab-status
-lab-status: venv ## Show the lab's hosts and their state.
-	$(BIN)/python -m taskfleet.ops.lab status
+lab-status: venv ## Show the hosts of LAB and their state.
+	$(LAB_PY) status
 
 ##@ Deploy (Ansible)
 
 .PHONY: deploy
-deploy: venv ## Deploy master and workers to INVENTORY, then run the smoke test.
-	@[ -d $(INVENTORY_DIR) ] || { echo "make: no inventory at $(INVENTORY_DIR) — use INVENTORY=local (make lab) or copy inventory/lab" >&2; exit 1; }
-	$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/site.yml $(ANSIBLE_ARGS)
+deploy: venv ## Deploy master and workers to INVENTORY (default: the lab's), then run the smoke test; JOBS= builds the images with those job packages.
+	@[ -d $(INVENTORY_DIR) ] || { echo "make: no inventory at $(INVENTORY_DIR) — run make lab$(if $(filter-out local,$(LAB)), LAB=$(LAB)) first, or copy inventory/lab to inventory/<name> and use INVENTORY=<name>" >&2; exit 1; }
+	$(if $(BASE_IMAGE),BASE_IMAGE=$(BASE_IMAGE) )$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/site.yml $(JOBS_EXTRA) $(ANSIBLE_ARGS)
 
 .PHONY: smoke
 smoke: venv ## Run the squares smoke test against INVENTORY's running cluster.
@@ -137,40 +183,28 @@ rotate-authkey: venv ## Replace INVENTORY's authkey on every host and restart ma
 rotate-tls: venv ## Re-issue INVENTORY's TLS keys and certificates host by host (CA kept; running jobs go on).
 	$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/rotate-tls.yml $(ANSIBLE_ARGS)
 
-# The lab's inventory (TASKFLEET_LAB_INVENTORY runs the demo on a second lab) and its smoke report.
-DEMO_INVENTORY := $(or $(TASKFLEET_LAB_INVENTORY),inventory/local)
-DEMO_REPORT := .build/smoke-$(notdir $(DEMO_INVENTORY)).json
-
 .PHONY: demo
-demo: ## The whole thing on one computer: images, lab, deploy, smoke, summary.
+demo: ## The whole thing on one computer: images, the lab LAB, deploy, smoke, summary.
 	$(MAKE) images lab
-	@rm -f $(DEMO_REPORT)
-	$(MAKE) deploy INVENTORY=local INVENTORY_DIR=$(DEMO_INVENTORY)
-	@# The smoke role leaves its result in .build/smoke-<inventory>.json.
-	@$(BIN)/python -c 'import json, sys; r = json.load(open(sys.argv[1])); h = r["hosts"]; \
-	  print("\n==> taskfleet demo: OK"); \
-	  print("    master        %s" % r["master"]); \
-	  print("    worker hosts  %d (%s items)" % (len(h), ", ".join("%s=%s" % kv for kv in sorted(h.items())))); \
-	  print("    workers       %d" % len(r["workers"])); \
-	  print("    verified      %d of %d squares" % (r["verified"], r["count"])); \
-	  print("    speed         %.0f items/s" % r["items_per_s"]); \
-	  print("    next: make status | make smoke | make teardown | make lab-down")' $(DEMO_REPORT)
+	@# The smoke role leaves its result in .build/smoke-<inventory>.json: never show an old one.
+	@rm -f .build/smoke-$(notdir $(LAB_INVENTORY)).json
+	$(MAKE) deploy INVENTORY=
+	@$(LAB_PY) summary
 
 ##@ Operations (Fabric)
 
-# Print status as JSON instead of tables (JSON=1).
+# status: print JSON instead of tables (JSON=1).
 JSON ?=
 # logs: only this inventory host (HOST=worker1); scale: only this worker host.
 HOST ?=
-# logs: only lines since this time (SINCE=10m); FOLLOW=1 keeps streaming until Ctrl-C.
+# logs: only lines since this time (SINCE=10m).
 SINCE ?=
+# logs: keep streaming until Ctrl-C (FOLLOW=1).
 FOLLOW ?=
 # scale: worker containers per worker host (make scale N=4).
 N ?=
 # fab-smoke: how many numbers to square.
 COUNT ?= 10000
-# down: PURGE=1 also removes the journal volume and the hosts' authkey files.
-PURGE ?=
 
 FAB := $(BIN)/fab -r deploy
 FAB_INV := --inventory $(INVENTORY_DIR)

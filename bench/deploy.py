@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from taskfleet.ops.inventory import lab_inventory
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", re.M)
@@ -44,7 +46,11 @@ def run(argv: list[str], what: str) -> tuple[float, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inventory", default="inventory/local", help="the lab's inventory")
+    parser.add_argument(
+        "--inventory",
+        default=str(lab_inventory()),
+        help="the lab's inventory (default: the one make lab writes, inventory/<TASKFLEET_LAB>)",
+    )
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     args = parser.parse_args()
     if not (REPO / ".build" / "images.json").exists():
@@ -57,8 +63,9 @@ def main() -> int:
         [str(BIN / "ansible"), "all", "-i", args.inventory, "-m", "ansible.builtin.ping"],
         "ansible all -m ping (the floor)",
     )
-    fresh_s, _ = run([*env_make, "deploy", "INVENTORY=local"], "make deploy on fresh hosts")
-    again_s, out = run([*env_make, "deploy", "INVENTORY=local"], "make deploy again")
+    deploy = [*env_make, "deploy", f"INVENTORY={args.inventory}"]
+    fresh_s, _ = run(deploy, "make deploy on fresh hosts")
+    again_s, out = run(deploy, "make deploy again")
     changed = {host: int(n) for host, n in RECAP.findall(out)}
     if any(changed.values()):
         sys.exit(f"bench: error: the second deploy changed something: {changed}")

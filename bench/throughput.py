@@ -10,7 +10,10 @@ figures come from this one run on this machine, on loopback:
                 shape: one worker per host, one process per core), squares
                 over range(N) submitted and streamed back by a client;
   (c) Pool.map — multiprocessing.Pool(2).map on the same machine: the
-                one-machine ceiling.
+                one-machine ceiling;
+  (d) Client.map — the Python API, results in input order, against the
+                smoke job (completion order) at the same chunk size on the
+                same cluster: ordered reading must keep >= 0.9x of it.
 
 Then: a chunk-size sweep (a Nagle/delayed-ACK cliff would show as a collapse
 at sizes whose messages exceed 16 KB), mutual TLS against plaintext (two
@@ -41,7 +44,7 @@ sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
 from tests.tlscerts import CA  # noqa: E402  (certificates for the TLS rows)
 
-from taskfleet import authkey, defaults  # noqa: E402
+from taskfleet import authkey, defaults, smoke  # noqa: E402
 from taskfleet.client import Client  # noqa: E402
 from taskfleet.jobs import squares  # noqa: E402
 from taskfleet.tls import TLSConfig  # noqa: E402
@@ -202,14 +205,30 @@ class Cluster:
 
     def run(self, n: int, chunk: int) -> float:
         t0 = time.perf_counter()
-        spec = self.client.submit("squares", n=n, chunk_size=chunk)
+        job = self.client.submit("squares", range(n), chunk_size=chunk)
         count = 0
         last = None
-        for r in self.client.results(spec, timeout=600):
+        for r in job.chunks(ordered=False, timeout=600):
             count += len(r.results)
             last = r
         seconds = time.perf_counter() - t0
         assert count == n and last is not None and last.results[-1] == last.items[-1] ** 2
+        return n / seconds
+
+    def smoke(self, n: int, chunk: int) -> float:
+        """The smoke job's items/s (every result checked, completion order)."""
+        report = smoke.run(self.client, n, chunk_size=chunk, timeout=600)
+        assert report.ok and report.items_per_s, report.errors
+        return float(report.items_per_s)
+
+    def map_ordered(self, n: int, chunk: int) -> float:
+        """Client.map over range(n), results in input order, every one checked the way
+        the smoke job checks its chunks (and strict: exactly n results)."""
+        t0 = time.perf_counter()
+        results = self.client.map("squares", range(n), chunk_size=chunk)
+        wrong = sum(1 for x, r in zip(range(n), results, strict=True) if r != x * x)
+        seconds = time.perf_counter() - t0
+        assert wrong == 0
         return n / seconds
 
     def peak_rss_mb(self) -> float:
@@ -270,9 +289,9 @@ def bench_memory(tmp: Path, n: int, seconds: float) -> dict[str, Any]:
     cluster = Cluster(tmp)
     try:
         before = cluster.peak_rss_mb()
-        spec = cluster.client.submit("squares", n=n, chunk_size=1000)
+        job = cluster.client.submit("squares", range(n), chunk_size=1000)
         time.sleep(seconds)
-        st = cluster.client.job(spec.id)[1]
+        st = job.info()
         return {
             "items": n,
             "rss_idle_mb": round(before, 1),
@@ -324,6 +343,21 @@ def main() -> int:
                 f"   {tf:,.0f} items/s (best of {len(runs)}:"
                 f" {', '.join(f'{r:,.0f}' for r in runs)})"
             )
+            print(
+                f"== Client.map ordered vs the smoke job, {args.items} items, chunk {args.chunk}"
+                " (best of 3 each, alternating)",
+                flush=True,
+            )
+            smokes, maps = [], []
+            for _ in range(3):
+                smokes.append(cluster.smoke(args.items, args.chunk))
+                maps.append(cluster.map_ordered(args.items, args.chunk))
+            smoke_rate, map_rate = max(smokes), max(maps)
+            print(
+                f"   smoke {smoke_rate:,.0f} items/s, Client.map ordered {map_rate:,.0f} items/s:"
+                f" {map_rate / smoke_rate:.2f}x",
+                flush=True,
+            )
             sweep: dict[int, float] = {}
             print("== chunk-size sweep (taskfleet, same cluster)", flush=True)
             for chunk in (100, 1000, 5000, 10_000, 50_000):
@@ -358,8 +392,12 @@ def main() -> int:
         sweep={str(k): round(v) for k, v in sweep.items()},
         tls=tls_rows,
         memory=mem,
+        smoke_items_per_s=round(smoke_rate),
+        map_ordered_items_per_s=round(map_rate),
+        map_vs_smoke=round(map_rate / smoke_rate, 2),
     )
     ok_seed, ok_pool, ok_mem = tf >= 100 * seed, tf >= 0.3 * pool, mem["peak_rss_mb"] < 200
+    ok_map = map_rate >= 0.9 * smoke_rate
     tls_default = tls_rows[str(defaults.CHUNK_SIZE)]
     ok_tls = tls_default["ratio"] >= 0.9
     print()
@@ -378,6 +416,14 @@ def main() -> int:
     print(
         f"| multiprocessing.Pool(2).map ({args.items:,} items) | {pool:,.0f}"
         f" | {pool / seed:,.0f}x | 1x |"
+    )
+    print()
+    print(f"| reader (squares, same cluster, chunk {args.chunk:,}) | items/s | vs smoke |")
+    print("| --- | ---: | ---: |")
+    print(f"| smoke job (completion order, every result checked) | {smoke_rate:,.0f} | 1x |")
+    print(
+        f"| Client.map, input order (every result checked) | {map_rate:,.0f}"
+        f" | {map_rate / smoke_rate:.2f}x |"
     )
     print()
     print("| chunk size | " + " | ".join(f"{c:,}" for c in sweep) + " |")
@@ -403,12 +449,13 @@ def main() -> int:
     print(
         f"Targets: >= 100x seed: {'met' if ok_seed else 'MISSED'}; >= 0.3x Pool.map: "
         f"{'met' if ok_pool else 'MISSED'}; RSS < 200 MB: {'met' if ok_mem else 'MISSED'};"
+        f" Client.map ordered >= 0.9x smoke: {'met' if ok_map else 'MISSED'};"
         f" TLS >= 0.9x plaintext at the default chunk ({tls_default['ratio']:.2f}x):"
         f" {'met' if ok_tls else 'MISSED'}."
     )
     if args.json:
         print(json.dumps(figures))
-    return 0 if (ok_seed and ok_pool and ok_mem and ok_tls) else 1
+    return 0 if (ok_seed and ok_pool and ok_mem and ok_map and ok_tls) else 1
 
 
 if __name__ == "__main__":

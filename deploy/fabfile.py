@@ -24,7 +24,8 @@ from invoke.exceptions import Exit
 from invoke.tasks import Task
 
 from taskfleet.ops import operations
-from taskfleet.ops.inventory import Inventory, OpsError, load_inventory
+from taskfleet.ops.errors import OpsError, run_cli
+from taskfleet.ops.inventory import Inventory, load_inventory
 
 INVENTORY_HELP = "inventory directory (default: $TASKFLEET_INVENTORY or inventory/local)"
 
@@ -45,12 +46,7 @@ def _inventory(path: str) -> Inventory:
 
 def _run(action: Callable[[], int]) -> None:
     """Turn an operation's status into the process exit code, errors into one line."""
-    try:
-        code = action()
-    except OpsError as exc:
-        raise Exit(f"taskfleet: error: {exc}", code=2) from None
-    except KeyboardInterrupt:
-        raise Exit(code=130) from None
+    code = run_cli(action)
     if code:
         raise Exit(code=code)
 
@@ -59,7 +55,7 @@ def _int(name: str, value: str | int) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise Exit(f"taskfleet: error: {name} must be an integer, got {value!r}", code=2) from None
+        raise OpsError(f"{name} must be an integer, got {value!r}") from None
 
 
 @op(inventory=INVENTORY_HELP, json="print one JSON document instead of tables")
@@ -84,15 +80,12 @@ def logs(
     tail: str = "",
 ) -> None:
     """Master and worker logs, each line prefixed <host>/<container>."""
-    _run(
-        lambda: operations.logs(
-            _inventory(inventory),
-            host or None,
-            since or None,
-            follow,
-            _int("--tail", tail) if tail else None,
-        )
-    )
+
+    def action() -> int:
+        lines = _int("--tail", tail) if tail else None
+        return operations.logs(_inventory(inventory), host or None, since or None, follow, lines)
+
+    _run(action)
 
 
 @op(
@@ -102,8 +95,12 @@ def logs(
 )
 def scale(c: Context, n: str, inventory: str = "", host: str = "") -> None:
     """Set the number of workers per worker host; removed workers drain on SIGTERM first."""
-    count = _int("N", n)
-    _run(lambda: operations.scale(_inventory(inventory), count, host or None))
+
+    def action() -> int:
+        count = _int("N", n)
+        return operations.scale(_inventory(inventory), count, host or None)
+
+    _run(action)
 
 
 @op(inventory=INVENTORY_HELP)
@@ -119,8 +116,12 @@ def restart(c: Context, inventory: str = "") -> None:
 )
 def smoke(c: Context, inventory: str = "", count: str = "10000", json: bool = False) -> None:
     """The squares smoke test on the running cluster: every result right, every host used."""
-    number = _int("--count", count)
-    _run(lambda: operations.smoke(_inventory(inventory), number, as_json=json))
+
+    def action() -> int:
+        number = _int("--count", count)
+        return operations.smoke(_inventory(inventory), number, as_json=json)
+
+    _run(action)
 
 
 @op(

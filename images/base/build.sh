@@ -38,8 +38,8 @@ APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*
 Dir::Cache::pkgcache "";
 Dir::Cache::srcpkgcache "";
 CFG
-# Plain http on purpose: https from inside containers fails here (see ENVIRONMENT.md),
-# and apt verifies the archive's signatures anyway.
+# Plain http on purpose: https from inside a container fails where the control node
+# trusts an extra CA the image does not, and apt verifies the archive's signatures anyway.
 cat >"$rootfs/etc/apt/sources.list" <<LIST
 deb $MIRROR $SUITE main
 deb $MIRROR $SUITE-updates main

@@ -18,7 +18,8 @@ hold the classes a job declares with :func:`result_types`::
 
 The master tells clients what a job declares; a client decodes that job's
 results with exactly that allowlist, and a worker checks its results against
-it before sending them (an undeclared class fails the chunk with a message).
+it before sending them (an undeclared class fails its item, like a result that
+cannot be pickled, with a message that says how to declare it).
 
 Note: ``module:function`` runs any importable function on the workers; that is
 no more power than the authkey already grants.
@@ -30,12 +31,15 @@ import functools
 import importlib
 import pickle
 import re
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, TypeVar
 
-from taskfleet import safepickle
-from taskfleet.errors import BadJobArguments, UnknownJob
+from taskfleet import __version__, defaults, safepickle
+from taskfleet.errors import BadJobArguments, ItemError, UnknownJob
+from taskfleet.protocol import FailureKind, ItemFailure
 
 JobFn = Callable[[Any], Any]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -142,6 +146,35 @@ def declared_result_types(name: str) -> list[str]:
         ) from None
 
 
+def installed_packages() -> dict[str, str]:
+    """The job packages installed here: distribution name → version of every distribution
+    that adds entry points to the ``taskfleet.jobs`` group (a worker reports them at hello)."""
+    found: dict[str, str] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.dist is not None:
+            found[ep.dist.name] = ep.dist.version
+    return dict(sorted(found.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def code_version(name: str) -> str:
+    """Which code a job name runs here, ``"<distribution> <version>"``: the entry point's
+    distribution, the one that owns a ``module:function``'s top-level package, taskfleet's
+    own for a built-in job; "" when no installed distribution owns it (the standard
+    library, a module on the path). The master records it with each job at submit.
+    """
+    if name in _BUILTIN:
+        return f"taskfleet {__version__}"
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ""
+    top = name.split(":", 1)[0].split(".", 1)[0]
+    owners = metadata.packages_distributions().get(top, [])
+    if len(owners) != 1:  # none, or a namespace shared by several: no single version
+        return ""
+    return f"{owners[0]} {metadata.version(owners[0])}"
+
+
 def validate(name: str, items: Sequence[Any] | None) -> None:
     """Check a submission: the name resolves and the items suit the job."""
     resolve(name)
@@ -150,37 +183,305 @@ def validate(name: str, items: Sequence[Any] | None) -> None:
         check(items)
 
 
-def run_chunk(name: str, payload: tuple[Any, ...]) -> bytes:
-    """Run one chunk in a pool process; return the pickled result list.
+# -- running a chunk (in a pool process) ---------------------------------------------------
+#
+# A chunk's results travel as one pickled list (the "blob") from the pool
+# process to the client; the worker and the master never unpickle it. A failed
+# item's place in that list holds an ItemError, so results stay aligned with
+# their items. A chunk that had to be run in pieces (a pool process died in it)
+# is a pickled ``(SEGMENTS, [blob, blob, ...])`` instead: the worker joins the
+# pieces without unpickling them.
 
-    Results stay pickled from here to the client: the master stores the bytes
-    in its journal and never unpickles them. The first chunk of each job in
-    each pool process is decoded here with the client's allowlist, so a job
-    that returns an undeclared class fails at once with BadJobArguments and a
-    message, instead of on the client (which refuses it whenever it comes);
-    checking every chunk would cost ~20 % of a trivial job like squares.
-    """
-    fn = resolve(name)
-    data: Sequence[Any] = range(payload[1], payload[2]) if payload[0] == "range" else payload[1]
-    blob = pickle.dumps(list(map(fn, data)), protocol=pickle.HIGHEST_PROTOCOL)
-    if name in _checked:
-        return blob
+SEGMENTS = "taskfleet-segments"
+"""Marks a blob made of several pickled lists (see :func:`join_blobs`)."""
+
+PICKLING = -2
+"""Progress value while a pool process pickles its results (no item is running)."""
+
+
+def _truncate(text: str, limit: int, *, tail: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    if tail:  # a traceback's last lines name the failing line
+        return "…" + text[-(limit - 1) :]
+    return text[: limit - 1] + "…"
+
+
+def safe_repr(obj: Any, limit: int = defaults.ERROR_ITEM_CHARS) -> str:
+    """repr(obj) cut to ``limit`` characters; never raises (a huge int, a broken __repr__)."""
     try:
-        safepickle.loads(blob, _allowlist(name))
+        text = repr(obj)
+    except Exception as exc:  # any failure of a user's __repr__
+        text = f"<{type(obj).__qualname__} object (repr failed: {type(exc).__name__})>"
+    return _truncate(text, limit)
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    module = cls.__module__
+    return (
+        cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    )
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception as inner:  # a user's __str__ may raise anything
+        text = f"<str() of the exception failed: {type(inner).__name__}>"
+    return _truncate(text.strip(), defaults.ERROR_MESSAGE_CHARS)
+
+
+def describe(
+    exc: BaseException,
+    position: int,
+    item: Any,
+    kind: FailureKind = FailureKind.EXCEPTION,
+    *,
+    with_traceback: bool = True,
+) -> ItemFailure:
+    """Format a job function's exception where it happened: only strings leave the process.
+
+    The first traceback frame (this module's loop) is left out: the user's
+    function is where the traceback starts.
+    """
+    text = ""
+    if with_traceback:
+        tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+        try:
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+        except Exception:  # formatting must not fail the chunk
+            text = f"{_type_name(exc)}: {_message(exc)}\n"
+        text = _truncate(text, defaults.ERROR_TRACEBACK_CHARS, tail=True)
+    return ItemFailure(position, kind.value, _type_name(exc), _message(exc), safe_repr(item), text)
+
+
+def placeholder(failure: ItemFailure, worker: str = "", host: str = "") -> ItemError:
+    """The ItemError that stands in a failed item's place in the results (no traceback:
+    ``Job.errors()`` has those); ``index`` is the position in the chunk until the
+    client adds the chunk's offset."""
+    return ItemError(
+        index=failure.position,
+        item=failure.item,
+        kind=failure.kind,
+        type=failure.type,
+        message=failure.message,
+        worker=worker,
+        host=host,
+    )
+
+
+def chunk_data(payload: tuple[Any, ...]) -> Sequence[Any]:
+    """The items of a lease's payload: a range (never expanded) or the list itself."""
+    if payload[0] == "range":
+        return range(*payload[1:])
+    return payload[1]  # type: ignore[no-any-return]
+
+
+class ChunkRun:
+    """The outcome of running part of a chunk: results, how many failed, the first failures."""
+
+    __slots__ = ("failed", "failures", "host", "results", "worker")
+
+    def __init__(self, worker: str, host: str) -> None:
+        self.results: list[Any] = []
+        self.failed = 0
+        self.failures: list[ItemFailure] = []
+        self.worker = worker
+        self.host = host
+
+    def fail(self, failure: ItemFailure) -> None:
+        self.failed += 1
+        if len(self.failures) < defaults.MAX_CHUNK_ERRORS:
+            self.failures.append(failure)
+        self.results.append(placeholder(failure, self.worker, self.host))
+
+    def detailed(self) -> bool:
+        """Whether the next failure still gets a traceback."""
+        return len(self.failures) < defaults.MAX_CHUNK_ERRORS
+
+    def blob(self, data: Sequence[Any], lo: int, name: str = "") -> bytes:
+        """Pickle the results; a result that cannot be pickled becomes that item's failure,
+        and so does (on the first chunk of job ``name`` in this process) a result of a
+        class the job does not declare (see :func:`_check_declared`)."""
+        try:
+            blob = pickle.dumps(self.results, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # find the culprits item by item
+            self._mark(data, lo, _unpicklable)
+            blob = pickle.dumps(self.results, protocol=pickle.HIGHEST_PROTOCOL)
+        if not name or name in _checked:
+            return blob
+        allowed = _allowlist(name)
+        try:
+            safepickle.loads(blob, allowed)
+        except safepickle.UnsafePickle:
+            self._mark(data, lo, functools.partial(_undeclared, name, allowed))
+            return pickle.dumps(self.results, protocol=pickle.HIGHEST_PROTOCOL)
+        _checked.add(name)  # only once it passed: a retry of a refused chunk is checked again
+        return blob
+
+    def _mark(
+        self, data: Sequence[Any], lo: int, why: Callable[[Any], tuple[BaseException, str] | None]
+    ) -> None:
+        """Replace each result ``why`` finds fault with (the exception and the message to
+        show) by its item's failure, of kind ``unpicklable``."""
+        for k, result in enumerate(self.results):
+            if isinstance(result, ItemError):
+                continue
+            fault = why(result)
+            if fault is None:
+                continue
+            exc, message = fault
+            failure = describe(
+                exc, lo + k, data[lo + k], FailureKind.UNPICKLABLE, with_traceback=False
+            )
+            failure = failure._replace(message=_truncate(message, defaults.ERROR_MESSAGE_CHARS))
+            self.failed += 1
+            if len(self.failures) < defaults.MAX_CHUNK_ERRORS:
+                self.failures.append(failure)
+            self.results[k] = placeholder(failure, self.worker, self.host)
+
+
+def _unpicklable(result: Any) -> tuple[BaseException, str] | None:
+    try:
+        pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # any pickling failure
+        return exc, f"its result cannot be pickled: {_message(exc)}"
+    return None
+
+
+def _undeclared(
+    name: str, allowed: frozenset[safepickle.Global], result: Any
+) -> tuple[BaseException, str] | None:
+    try:
+        safepickle.loads(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL), allowed)
     except safepickle.UnsafePickle as exc:
-        raise BadJobArguments(
-            f"job {name!r} returned a {exc.name}, which it does not declare",
-            f"declare it: @taskfleet.jobs.result_types({exc.name.split(':')[-1]}) on the job"
-            " function (docs/security.md, results)",
-        ) from None
-    _checked.add(name)
-    return blob
+        return exc, (
+            f"its result holds a {exc.name}, which job {name!r} does not declare: clients"
+            f" refuse it — declare it with @taskfleet.jobs.result_types"
+            f"({exc.name.rpartition(':')[2]}) on the job function"
+        )
+    return None
 
 
-# Job names whose results this process has checked once (see run_chunk).
+# Job names whose results this process has checked once (ChunkRun.blob): checking
+# every chunk would cost ~20 % of a trivial job like squares; a later chunk with an
+# undeclared class is still refused by the client, in one line.
 _checked: set[str] = set()
 
 
 @functools.lru_cache(maxsize=64)
 def _allowlist(name: str) -> frozenset[safepickle.Global]:
-    return safepickle.results_allowlist(declared_result_types(name))
+    """What job ``name``'s results may hold (plain data and ItemError when it cannot load)."""
+    try:
+        return safepickle.results_allowlist(declared_result_types(name))
+    except (UnknownJob, BadJobArguments):  # its chunks fail with that message anyway
+        return safepickle.RESULTS
+
+
+def run_segment(
+    name: str,
+    payload: tuple[Any, ...],
+    lo: int,
+    hi: int,
+    *,
+    stop_on_error: bool,
+    progress: Any = None,
+    slot: int = 0,
+    worker: str = "",
+    host: str = "",
+) -> tuple[bytes, int, list[ItemFailure]]:
+    """Run items ``[lo, hi)`` of a chunk (in a pool process); return (blob, failed, failures).
+
+    The fast path maps the function over the items and pays nothing per item;
+    an exception is recorded for its item and the map goes on after it (or
+    stops, with ``stop_on_error``: a job that fails on its first error needs
+    no more). With ``progress`` (a shared ``q`` array; isolation mode) the
+    position and start time of each item are written to
+    ``progress[2*slot]`` and ``progress[2*slot+1]`` first, so the parent can
+    cut an item that hangs and name the item a dead process was running.
+    """
+    out = ChunkRun(worker, host)
+    data = chunk_data(payload)
+    try:
+        fn = resolve(name)
+    except Exception as exc:  # e.g. the job's package is missing on this worker
+        for k in range(lo, lo + 1 if stop_on_error else hi):
+            out.fail(describe(exc, k, data[k], with_traceback=out.detailed()))
+        return pickle.dumps(out.results, protocol=pickle.HIGHEST_PROTOCOL), out.failed, out.failures
+    if progress is None:
+        _run_fast(fn, data, lo, hi, out, stop_on_error)
+    else:
+        _run_isolated(fn, data, lo, hi, out, stop_on_error, progress, slot)
+        progress[2 * slot] = PICKLING
+    return out.blob(data, lo, name), out.failed, out.failures
+
+
+def _run_fast(
+    fn: JobFn, data: Sequence[Any], lo: int, hi: int, out: ChunkRun, stop_on_error: bool
+) -> None:
+    results = out.results
+    pos = lo
+    while pos < hi:
+        try:
+            # list.extend keeps what map produced before an exception.
+            results.extend(map(fn, data[pos:hi]))
+            return
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the
+            # item failed, the process must go on
+            k = lo + len(results)
+            out.fail(describe(exc, k, data[k], with_traceback=out.detailed()))
+            if stop_on_error:
+                return
+            pos = k + 1
+
+
+def _run_isolated(
+    fn: JobFn,
+    data: Sequence[Any],
+    lo: int,
+    hi: int,
+    out: ChunkRun,
+    stop_on_error: bool,
+    progress: Any,
+    slot: int,
+) -> None:
+    results = out.results
+    clock = time.monotonic_ns
+    for k in range(lo, hi):
+        item = data[k]
+        progress[2 * slot + 1] = clock()
+        progress[2 * slot] = k
+        try:
+            result = fn(item)
+        except BaseException as exc:  # see _run_fast
+            out.fail(describe(exc, k, item, with_traceback=out.detailed()))
+            if stop_on_error:
+                return
+            continue
+        results.append(result)
+
+
+def join_blobs(parts: Sequence[bytes]) -> bytes:
+    """One blob from the pickled lists of a chunk's consecutive pieces, none unpickled."""
+    if len(parts) == 1:
+        return parts[0]
+    return pickle.dumps((SEGMENTS, list(parts)), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_results(
+    blob: bytes, allowed: frozenset[safepickle.Global] = safepickle.RESULTS
+) -> list[Any]:
+    """A chunk's result list from its blob (where a client reads results), admitting only
+    plain data, ItemError and the ``allowed`` globals (a job's declared result types).
+
+    Raises safepickle.UnsafePickle (nothing of the blob was run), ImportError for a
+    declared class that is not importable here, pickle.UnpicklingError for damage.
+    """
+    obj = safepickle.loads(blob, allowed)
+    if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == SEGMENTS:
+        out: list[Any] = []
+        for part in obj[1]:
+            out.extend(safepickle.loads(part, allowed))
+        return out
+    return obj  # type: ignore[no-any-return]

@@ -14,17 +14,18 @@ The allowlists:
     Every message of the manager protocol, on every side: plain data (with
     ``complex`` and ``bytearray``, which need a global in pickle protocol 4)
     plus the :class:`taskfleet.errors.TaskfleetError` classes a master sends in
-    ``#ERROR`` replies. The master decodes requests with it, workers decode
+    ``#ERROR`` replies (and :class:`taskfleet.errors.ItemError`, the record a
+    failed item leaves). The master decodes requests with it, workers decode
     leases with it, clients decode replies with it. Job items travel in these
     messages, so items are plain data (``docs/interfaces.md``).
 
-``results(declared)``
+``results_allowlist(declared)``
     A chunk's result blob, decoded by the client (the master stores blobs
-    unread): plain data plus the globals the job declares with
+    unread): plain data and ItemError (``RESULTS``) plus the globals the job declares with
     :func:`taskfleet.jobs.result_types`. The master resolves the job name at
     submit and tells the client what the job declares; a worker checks its own
     results against the same list before sending them, so an undeclared type
-    fails the chunk on the worker with a message instead of on the client.
+    fails its item on the worker with a message instead of on the client.
 
 A global is named ``"module:qualname"`` (``"decimal:Decimal"``).
 """
@@ -64,7 +65,14 @@ def _error_classes() -> frozenset[Global]:
     return frozenset(found)
 
 
-WIRE: Final[frozenset[Global]] = PLAIN | _error_classes()
+ITEM_ERROR: Final[Global] = (errors.ItemError.__module__, errors.ItemError.__qualname__)
+"""A failed item's record (a frozen data class of strings and numbers): it stands in
+the item's place among a job's results and rides on JobFailed."""
+
+WIRE: Final[frozenset[Global]] = PLAIN | _error_classes() | {ITEM_ERROR}
+
+RESULTS: Final[frozenset[Global]] = PLAIN | {ITEM_ERROR}
+"""A result blob of a job that declares nothing: plain data and failed items' records."""
 
 
 class UnsafePickle(pickle.UnpicklingError):
@@ -118,5 +126,5 @@ def loads(data: bytes | bytearray | memoryview, allowed: frozenset[Global] = WIR
 
 
 def results_allowlist(declared: Iterable[str]) -> frozenset[Global]:
-    """The allowlist for a job's result blobs: plain data plus what the job declares."""
-    return PLAIN | frozenset(parse_global(name) for name in declared)
+    """The allowlist for a job's result blobs: :data:`RESULTS` plus what the job declares."""
+    return RESULTS | frozenset(parse_global(name) for name in declared)

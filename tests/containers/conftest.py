@@ -15,8 +15,7 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,10 @@ from docker.models.containers import Container
 
 from taskfleet.ops import images as images_mod
 
-pytestmark = pytest.mark.containers
-
 SECRET = "/run/secrets/taskfleet_authkey"
 PORT = 7451
-# Our own subnet (DESIGN: tests pick their addresses; the lab uses 172.28.10.0/24).
+# Our own subnet, clear of the default lab's 172.28.10.0/24, the e2e lab's 172.28.20.0/24
+# and the named labs' 172.28.100-254.0/24 (TASKFLEET_CT_SUBNET picks another one).
 SUBNET = os.environ.get("TASKFLEET_CT_SUBNET", "172.28.50.0/24")
 # Short health intervals for the tests only; the images keep 30 s defaults.
 HEALTH_FAST = {"interval": 1_000_000_000, "timeout": 5_000_000_000, "retries": 3}
@@ -51,27 +49,6 @@ def make_authkey(directory: Path, name: str) -> Path:
     os.chown(path, 10001, 10001)
     path.chmod(0o400)
     return path
-
-
-def wait_for(
-    what: str,
-    check: Callable[[], Any],
-    timeout: float,
-    interval: float = 0.5,
-    detail: Callable[[], Any] | None = None,
-) -> Any:
-    """Poll ``check`` until it returns something truthy, and return that.
-
-    Fails the test naming ``what`` (and ``detail()``, when given) after ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(interval)
-    extra = f" (now: {detail()!r})" if detail else ""
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
 
 
 def logs(container: Container) -> str:

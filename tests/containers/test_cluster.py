@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.containers.conftest import Cluster, logs, make_authkey, wait_for
-
-pytestmark = pytest.mark.containers
+from tests.containers.conftest import Cluster, logs, make_authkey
+from tests.waiting import wait_for
 
 # Keys of every container this module started (the wrong-key worker adds its own).
 _KEYS: list[Path] = []

@@ -32,8 +32,6 @@ def run_once(client: docker.DockerClient, image: str, command: list[str], **kw: 
         container.remove(force=True, v=True)
 
 
-pytestmark = pytest.mark.containers
-
 REPO = images_mod.REPO
 OURS = not os.environ.get("BASE_IMAGE")
 

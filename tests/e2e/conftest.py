@@ -1,15 +1,20 @@
 """Session fixtures for the end-to-end suite: one simulated lab for every e2e file.
 
 The ``lab`` fixture brings the lab up with the same code as ``make lab``
-(``taskfleet.ops.lab.up``), for the lab the environment names (default
-``local``; ``TASKFLEET_LAB``/``TASKFLEET_LAB_SUBNET``/``TASKFLEET_LAB_INVENTORY``
-let a developer run the suite against a lab of their own).
+(``taskfleet.ops.lab.up``). Which lab: the one ``TASKFLEET_LAB`` names (with
+``TASKFLEET_LAB_SUBNET``/``TASKFLEET_LAB_INVENTORY``, exactly as ``make lab`` reads
+them), else a lab of the suite's own, ``e2e`` on 172.28.20.0/24 with its inventory in
+``inventory/e2e`` — never ``make demo``'s ``local``, so a running demo survives
+``make test``. The fixture puts these settings into the environment for the session,
+so the ``make lab``/``make lab-down`` the tests run reach the same lab.
 
-Lifecycle: at session start a lab left over from an earlier run (a failed CI
-run, a developer's ``make lab``) is removed first, so the deploy always meets
-freshly installed machines with no Docker engine; ``TASKFLEET_E2E_REUSE_LAB=1``
-keeps it instead (fast iteration). The fixture does NOT tear the lab down at
-session end: ``test_99_lab_down.py`` does, and a failed run stays inspectable.
+Lifecycle: at session start a lab of that name left over from an earlier run is
+removed first, so the deploy always meets freshly installed machines with no Docker
+engine; ``TASKFLEET_E2E_REUSE_LAB=1`` keeps it instead (fast iteration). At session
+end the lab is removed, whether the tests passed or failed; ``--keep-lab`` leaves it
+running for inspection (then ``make lab-down`` with the same settings removes it).
+Files run in name order: ``test_10_lab`` … ``test_99_lab_down`` (which checks what
+``make lab-down`` removes).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,14 +139,59 @@ def _log(msg: str) -> None:
     print(f"[lab] {msg}", flush=True)
 
 
+#: The suite's own lab when the environment names none (see the module docstring).
+E2E_LAB = "e2e"
+E2E_SUBNET = "172.28.20.0/24"
+_KEPT_LAB = pytest.StashKey[str]()
+
+
+def e2e_lab_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The lab variables the e2e session sets: none when ``TASKFLEET_LAB`` names a lab,
+    else the suite's own lab (a subnet or inventory given in the environment still wins)."""
+    if environ.get("TASKFLEET_LAB"):
+        return {}
+    return {
+        "TASKFLEET_LAB": E2E_LAB,
+        "TASKFLEET_LAB_SUBNET": environ.get("TASKFLEET_LAB_SUBNET") or E2E_SUBNET,
+        "TASKFLEET_LAB_INVENTORY": (
+            environ.get("TASKFLEET_LAB_INVENTORY") or str(REPO / "inventory" / E2E_LAB)
+        ),
+    }
+
+
 @pytest.fixture(scope="session")
-def lab() -> Iterator[Lab]:
-    try:
-        cfg = labmod.LabConfig.from_env()
-        if os.environ.get("TASKFLEET_E2E_REUSE_LAB") != "1":
-            labmod.down(cfg, log=_log)  # the apt cache volume stays: installs stay fast
-        info = labmod.up(cfg, log=_log)
-    except labmod.LabError as exc:
-        pytest.fail(f"the lab did not come up: {exc}", pytrace=False)
-    yield Lab(cfg, info)
-    # No teardown on purpose: tests/e2e/test_99_lab_down.py removes the lab.
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The session's lab, fresh (unless TASKFLEET_E2E_REUSE_LAB=1) and removed at the end
+    (unless --keep-lab). Fails the session's e2e tests with the lab's one-line error."""
+    keep = bool(request.config.getoption("--keep-lab"))
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in e2e_lab_settings(os.environ).items():
+            env.setenv(name, value)
+        try:
+            cfg = labmod.LabConfig.from_env()
+        except labmod.LabError as exc:
+            pytest.fail(f"the lab settings are wrong: {exc}", pytrace=False)
+        try:
+            try:
+                if os.environ.get("TASKFLEET_E2E_REUSE_LAB") != "1":
+                    labmod.down(cfg, log=_log)  # the apt cache volume stays: installs stay fast
+                info = labmod.up(cfg, log=_log)
+            except labmod.LabError as exc:
+                pytest.fail(f"the lab did not come up: {exc}", pytrace=False)
+            yield Lab(cfg, info)
+        finally:
+            if keep:
+                request.config.stash[_KEPT_LAB] = (
+                    f"--keep-lab: lab {cfg.name} is still running; remove it with "
+                    f"TASKFLEET_LAB={cfg.name} TASKFLEET_LAB_SUBNET={cfg.subnet} "
+                    f"TASKFLEET_LAB_INVENTORY={cfg.inventory_dir} make lab-down"
+                )
+            else:
+                labmod.down(cfg, log=_log)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # A fixture's teardown output is captured; the way back to a kept lab must be seen.
+    kept = terminalreporter.config.stash.get(_KEPT_LAB, None)
+    if kept:
+        terminalreporter.write_line(kept)

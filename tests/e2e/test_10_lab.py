@@ -16,8 +16,6 @@ from taskfleet.ops import lab as labmod
 
 from .conftest import REPO, Lab, ssh_argv
 
-pytestmark = pytest.mark.e2e
-
 
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "deploy" / "ansible.cfg")}

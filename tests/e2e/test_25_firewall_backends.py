@@ -24,7 +24,7 @@ import pytest
 from tests.e2e.conftest import Lab
 from tests.e2e.test_20_deploy import PORT, Run, connect_from, playbook, sh
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 BIN = Path(sys.executable).parent
 UFW = ("-e", "taskfleet_firewall_backend=ufw")
@@ -90,7 +90,8 @@ def test_ufw_backend_replaces_nftables_and_guards_the_manager_port(
     allowed = sorted(
         re.findall(rf"{PORT}/tcp +ALLOW IN +(\S+) +# taskfleet manager client", "\n".join(rules))
     )
-    assert allowed == sorted(lab.hosts[w] for w in lab.workers), rules
+    # The worker hosts, and the control node (inventory/local/group_vars: client sources).
+    assert allowed == sorted([*(lab.hosts[w] for w in lab.workers), lab.cfg.gateway]), rules
     deny = rf"{PORT}/tcp +DENY IN +Anywhere +# taskfleet manager others"
     assert re.search(deny, rules[-2]), rules
     assert any("22/tcp" in r and "# taskfleet admin ssh" in r for r in rules), rules

@@ -1,4 +1,4 @@
-"""Fabric day-two operations on the deployed lab (issue 6).
+"""Fabric day-two operations on the deployed lab.
 
 Runs the real ``fab`` command over real SSH against the lab that the Ansible
 deploy converged, and checks every claim through another path: the engines
@@ -29,8 +29,7 @@ import yaml
 
 from tests.e2e.conftest import Lab
 from tests.e2e.test_20_deploy import TLS_ARGS
-
-pytestmark = pytest.mark.e2e
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = Path(sys.executable).parent / "fab"
@@ -131,17 +130,6 @@ def fresh_per_host(view: dict[str, Any], max_age: float = 10) -> dict[str, int]:
         if w.get("last_heartbeat_age_s", 1e9) <= max_age:
             counts[w["host"]] = counts.get(w["host"], 0) + 1
     return counts
-
-
-def wait_for(what: str, check: Any, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def deployed_per_host(lab: Lab) -> int:
@@ -394,6 +382,7 @@ def test_status_json_reports_every_host_with_its_workers(cluster: Lab) -> None:
             fresh_per_host(json.loads(fab(cluster, "status", "--json").stdout)["master"], 15)
             == expected
         ),
+        timeout=90,
     )
 
 
@@ -487,6 +476,7 @@ def test_scale_up_and_down_during_a_long_job_loses_nothing(
         wait_for(
             "4 workers per host in the master's view",
             lambda: fresh_per_host(master_view(cluster)) == {h: 4 for h in cluster.workers},
+            timeout=90,
         )
         assert job.still_running(), "the job ended before the scale-down: make it longer"
 
@@ -507,6 +497,7 @@ def test_scale_up_and_down_during_a_long_job_loses_nothing(
     wait_for(
         "1 worker per host in the master's view",
         lambda: fresh_per_host(master_view(cluster)) == {h: 1 for h in cluster.workers},
+        timeout=90,
     )
 
     # back to the deployed shape for the tests that follow

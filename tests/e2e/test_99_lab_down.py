@@ -1,4 +1,8 @@
-"""Last e2e file: `make lab-down` removes everything the lab made, and only that."""
+"""Last e2e file: `make lab-down` removes everything the lab made, and only that.
+
+(The ``lab`` fixture removes the lab at session end anyway, also after failures; this file
+checks the command a user runs.)
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,6 @@ from taskfleet.ops import lab as labmod
 
 from .conftest import REPO, Lab
 
-pytestmark = pytest.mark.e2e
-
 
 def _labelled(client: docker.DockerClient, name: str) -> dict[str, list[str]]:
     selector = {"label": [f"{labmod.LABEL_LAB}={name}"]}
@@ -23,7 +25,11 @@ def _labelled(client: docker.DockerClient, name: str) -> dict[str, list[str]]:
     }
 
 
-def test_make_lab_down_removes_every_labelled_object_but_the_apt_cache(lab: Lab) -> None:
+def test_make_lab_down_removes_every_labelled_object_but_the_apt_cache(
+    lab: Lab, request: pytest.FixtureRequest
+) -> None:
+    if request.config.getoption("--keep-lab"):
+        pytest.skip("--keep-lab: the lab stays up, so `make lab-down` is not run")
     client = docker.from_env()
     before = _labelled(client, lab.name)
     assert len(before["containers"]) == len(lab.hosts) + 1  # + the apt cache

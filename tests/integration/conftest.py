@@ -13,8 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 
 from taskfleet.tls import TLSConfig
 from tests.tlscerts import CA
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,21 +60,23 @@ class Proc:
         return self.log.read_text(errors="replace")
 
     def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
+        """The first match of ``pattern`` in this process's log; fails at once if it exits
+        without printing it."""
         rx = re.compile(pattern)
-        while time.monotonic() < deadline:
-            m = rx.search(self.text())
-            if m:
-                return m
-            if self.popen.poll() is not None:
-                m = rx.search(self.text())
-                if m:
-                    return m
-                raise AssertionError(
-                    f"{self.argv[3:5]} exited {self.popen.returncode}: {self.text()}"
+
+        def seen() -> re.Match[str] | None:
+            exited = self.popen.poll() is not None
+            m = rx.search(self.text())  # read after poll(): an exit's last lines count
+            if m is None and exited:
+                pytest.fail(
+                    f"{self.argv[3:5]} exited {self.popen.returncode} before /{pattern}/:\n"
+                    + self.text()
                 )
-            time.sleep(0.05)
-        raise AssertionError(f"no /{pattern}/ within {timeout}s in {self.log.name}:\n{self.text()}")
+            return m
+
+        return wait_for(
+            f"/{pattern}/ in {self.log.name}", seen, timeout, interval=0.05, detail=self.text
+        )
 
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
@@ -206,13 +208,18 @@ class Cluster:
         assert r.returncode == 0, r.stderr
         return dict(json.loads(r.stdout))
 
-    def wait_status(self, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            st = self.status()
-            if predicate(st) or time.monotonic() > deadline:
-                return st
-            time.sleep(0.2)
+    def wait_status(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """The first ``status --json`` for which ``predicate`` holds; fails after ``timeout``."""
+        last: dict[str, Any] = {}
+
+        def check() -> dict[str, Any] | None:
+            nonlocal last
+            last = self.status()
+            return last if predicate(last) else None
+
+        return wait_for("the master's status to match", check, timeout, 0.2, lambda: last)
 
     def close(self) -> None:
         for proc in self.procs:

@@ -14,8 +14,13 @@ import socket
 import ssl
 import struct
 import subprocess
+from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
+import taskfleet
+from taskfleet.errors import TLSRefused
 from taskfleet.tls import TLSConfig, client_failure
 from tests.integration.conftest import Cluster, free_port, tls_args
 from tests.tlscerts import CA
@@ -282,3 +287,32 @@ def test_the_tls_required_frame_is_a_valid_plaintext_frame() -> None:
 
     frame = struct.pack("!i", len(TLS_REQUIRED)) + TLS_REQUIRED
     assert frame[0] != 0x16 and not TLS_REQUIRED.startswith(b"#CHALLENGE#")
+
+
+def test_the_python_api_connects_over_mutual_tls_by_arguments_and_by_profile(
+    tls_cluster: Cluster,
+) -> None:
+    cfg = tls_cluster.client_tls
+    assert cfg is not None and tls_cluster.ca is not None
+    tls_cluster.master()
+    tls_cluster.worker("w1")
+    key = str(tls_cluster.key)
+    with taskfleet.connect(
+        tls_cluster.address, key, tls_ca=cfg.ca, tls_cert=cfg.cert, tls_key=cfg.key
+    ) as client:
+        assert list(client.map("squares", range(3000), chunk_size=400)) == [
+            n * n for n in range(3000)
+        ]
+        job = client.submit("tests.integration.testjobs:decimal_half", range(5))
+        assert job.result(timeout=60) == [Decimal(n) / 2 for n in range(5)]
+        assert client.status()["master"]["tls"]["enabled"] is True
+    profile = tls_cluster.tmp / "api-profile.json"
+    tls_files = {"ca": cfg.ca, "cert": cfg.cert, "key": cfg.key}
+    profile.write_text(
+        json.dumps({"master": tls_cluster.address, "authkey_file": key, "tls": tls_files})
+    )
+    with taskfleet.connect(profile=str(profile)) as client:
+        assert client.job(job.id).result(timeout=60) == [Decimal(n) / 2 for n in range(5)]
+    # Without the TLS files: refused at once, with what to pass.
+    with pytest.raises(TLSRefused, match="requires TLS"):
+        taskfleet.connect(tls_cluster.address, key, connect_timeout=10)

@@ -13,6 +13,7 @@ import pytest
 
 from taskfleet.errors import AuthkeyRejected
 from taskfleet.manager import BoardManager, Session, TaskfleetServer
+from tests.waiting import wait_for
 
 KEY = b"k" * 40
 
@@ -135,8 +136,15 @@ def test_wrong_key_is_refused_and_logged_without_a_traceback(
     with pytest.raises(AuthkeyRejected):
         session.call("ping")
     # The server thread logs after the client has already given up: wait for it.
-    wait_for_log(
-        caplog, lambda m: m.startswith("refused 127.0.0.1:") and m.endswith(": wrong authkey")
+    wait_for(
+        "the refusal in the log",
+        lambda: any(
+            m.startswith("refused 127.0.0.1:") and m.endswith(": wrong authkey")
+            for m in (r.getMessage() for r in caplog.records)
+        ),
+        timeout=5,
+        interval=0.05,
+        detail=lambda: [r.getMessage() for r in caplog.records],
     )
 
 

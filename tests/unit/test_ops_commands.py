@@ -7,22 +7,28 @@ import shlex
 from typing import Any
 
 from taskfleet.ops import commands as cmd
+from taskfleet.ops.commands import HostCommands
+from taskfleet.ops.inventory import Host
+
+#: A host reached as a sudo user (every command through `sudo -n`) and one reached as root.
+SUDO = HostCommands(Host("worker1", "192.0.2.11", "deploy"))
+ROOT = HostCommands(Host("worker1", "192.0.2.11", "root"))
 
 
 def test_docker_goes_through_passwordless_sudo_unless_root() -> None:
-    assert cmd.docker(True) == ["sudo", "-n", "docker"]
-    assert cmd.docker(False) == ["docker"]
+    assert SUDO.docker() == ["sudo", "-n", "docker"]
+    assert ROOT.docker() == ["docker"]
 
 
 def test_inspect_managed_lists_only_labelled_containers() -> None:
-    assert cmd.inspect_managed(True) == (
+    assert SUDO.inspect_managed() == (
         "ids=$(sudo -n docker ps -aq --filter label=io.taskfleet.managed=true)"
         ' && { [ -z "$ids" ] || sudo -n docker inspect $ids; }'
     )
 
 
 def test_master_status_names_the_authkey_by_its_path_in_the_container() -> None:
-    assert cmd.sh(cmd.master_status(True, "172.28.40.10:7451")) == (
+    assert cmd.sh(SUDO.master_status("172.28.40.10:7451")) == (
         "sudo -n docker exec taskfleet-master taskfleet status --master 172.28.40.10:7451"
         " --authkey-file /run/secrets/taskfleet_authkey --json"
     )
@@ -43,18 +49,22 @@ def test_with_tls_the_commands_pass_the_master_containers_own_files() -> None:
         " --tls-ca /run/secrets/taskfleet_tls/ca.crt --tls-cert /run/secrets/taskfleet_tls/host.crt"
         " --tls-key /run/secrets/taskfleet_tls/host.key"
     )
-    assert cmd.sh(cmd.master_status(False, "10.0.0.1:7451", TLS)) == (
+    assert cmd.sh(ROOT.master_status("10.0.0.1:7451", TLS)) == (
         "docker exec taskfleet-master taskfleet status --master 10.0.0.1:7451"
         f" --authkey-file /run/secrets/taskfleet_authkey{files} --json"
     )
-    assert cmd.sh(cmd.smoke(False, "10.0.0.1:7451", 50, [], 9, TLS)) == (
+    assert cmd.sh(ROOT.smoke("10.0.0.1:7451", 50, [], 9, TLS)) == (
         "docker exec taskfleet-master taskfleet smoke --master 10.0.0.1:7451"
         f" --authkey-file /run/secrets/taskfleet_authkey{files} --count 50 --timeout 9 --json"
+    )
+    assert cmd.sh(ROOT.submit("10.0.0.1:7451", "squares", 7, tls=TLS)) == (
+        "docker exec taskfleet-master taskfleet submit squares --range 7 --master 10.0.0.1:7451"
+        f" --authkey-file /run/secrets/taskfleet_authkey{files} --no-wait --json"
     )
 
 
 def test_smoke_expects_every_worker_host() -> None:
-    assert cmd.sh(cmd.smoke(False, "10.0.0.1:7451", 5000, ["w1", "w2"], 120)) == (
+    assert cmd.sh(ROOT.smoke("10.0.0.1:7451", 5000, ["w1", "w2"], 120)) == (
         "docker exec taskfleet-master taskfleet smoke --master 10.0.0.1:7451"
         " --authkey-file /run/secrets/taskfleet_authkey --count 5000 --expect-hosts w1,w2"
         " --timeout 120 --json"
@@ -62,7 +72,7 @@ def test_smoke_expects_every_worker_host() -> None:
 
 
 def test_submit_without_waiting() -> None:
-    assert cmd.sh(cmd.submit(True, "10.0.0.1:7451", "squares", 200000, chunk_size=500)) == (
+    assert cmd.sh(SUDO.submit("10.0.0.1:7451", "squares", 200000, chunk_size=500)) == (
         "sudo -n docker exec taskfleet-master taskfleet submit squares --range 200000"
         " --master 10.0.0.1:7451 --authkey-file /run/secrets/taskfleet_authkey"
         " --chunk-size 500 --no-wait --json"
@@ -70,7 +80,7 @@ def test_submit_without_waiting() -> None:
 
 
 def test_logs_prefix_each_line_with_its_container() -> None:
-    assert cmd.logs(True, ["taskfleet-master", "taskfleet-worker-1"], "10m", False) == (
+    assert SUDO.logs(["taskfleet-master", "taskfleet-worker-1"], "10m", False) == (
         "sudo -n sh -c 'docker logs --timestamps --since 10m taskfleet-master 2>&1"
         " | sed -u '\"'\"'s/^/taskfleet-master | /'\"'\"'; "
         "docker logs --timestamps --since 10m taskfleet-worker-1 2>&1"
@@ -79,7 +89,7 @@ def test_logs_prefix_each_line_with_its_container() -> None:
 
 
 def test_followed_logs_run_at_once_and_die_with_the_ssh_session() -> None:
-    line = cmd.logs(False, ["a", "b"], None, True, tail=5)
+    line = ROOT.logs(["a", "b"], None, True, tail=5)
     assert shlex.split(line) == [
         "sh",
         "-c",
@@ -90,7 +100,7 @@ def test_followed_logs_run_at_once_and_die_with_the_ssh_session() -> None:
 
 
 def test_logs_quote_a_hostile_since_value() -> None:
-    assert shlex.split(cmd.logs(False, ["a"], "1m; rm -rf /", False)) == [
+    assert shlex.split(ROOT.logs(["a"], "1m; rm -rf /", False)) == [
         "sh",
         "-c",
         "docker logs --timestamps --since '1m; rm -rf /' a 2>&1 | sed -u 's/^/a | /'",
@@ -98,11 +108,11 @@ def test_logs_quote_a_hostile_since_value() -> None:
 
 
 def test_logs_of_no_container_is_a_no_op() -> None:
-    assert cmd.logs(True, [], None, True) == "true"
+    assert SUDO.logs([], None, True) == "true"
 
 
 def test_stop_gives_workers_thirty_seconds_to_drain() -> None:
-    assert cmd.stop(True, ["taskfleet-worker-3", "taskfleet-worker-2"]) == [
+    assert SUDO.stop(["taskfleet-worker-3", "taskfleet-worker-2"]) == [
         "sudo",
         "-n",
         "docker",
@@ -112,7 +122,7 @@ def test_stop_gives_workers_thirty_seconds_to_drain() -> None:
         "taskfleet-worker-3",
         "taskfleet-worker-2",
     ]
-    assert cmd.restart(False, ["taskfleet-master"]) == [
+    assert ROOT.restart(["taskfleet-master"]) == [
         "docker",
         "restart",
         "-t",
@@ -121,12 +131,18 @@ def test_stop_gives_workers_thirty_seconds_to_drain() -> None:
     ]
 
 
+def test_scale_starts_stopped_workers_by_name() -> None:
+    assert cmd.sh(SUDO.start(["taskfleet-worker-2", "taskfleet-worker-3"])) == (
+        "sudo -n docker start taskfleet-worker-2 taskfleet-worker-3"
+    )
+
+
 def test_purge_removes_the_authkey_and_its_empty_directory() -> None:
-    assert cmd.remove_authkey(True) == (
+    assert SUDO.remove_authkey() == (
         "sudo -n rm -f /etc/taskfleet/authkey && "
         "sudo -n rmdir --ignore-fail-on-non-empty /etc/taskfleet 2>/dev/null || true"
     )
-    assert cmd.sh(cmd.list_managed_volumes(False)) == (
+    assert cmd.sh(ROOT.list_managed_volumes()) == (
         "docker volume ls -q --filter label=io.taskfleet.managed=true"
     )
 
@@ -207,7 +223,7 @@ WORKER: dict[str, Any] = {
 
 
 def test_clone_copies_the_deployed_worker_under_a_new_name() -> None:
-    assert cmd.clone_run(WORKER, IMAGE, "taskfleet-worker-3", True) == [
+    assert SUDO.clone_run(WORKER, IMAGE, "taskfleet-worker-3") == [
         "sudo",
         "-n",
         "docker",
@@ -266,7 +282,7 @@ def test_clone_repeats_settings_that_differ_from_the_image() -> None:
         Mounts=[{"Type": "volume", "Source": "tf-cache", "Target": "/cache", "ReadOnly": True}],
         Tmpfs={"/tmp/taskfleet": "size=1m"},
     )
-    argv = cmd.clone_run(worker, IMAGE, "taskfleet-worker-2", False)
+    argv = ROOT.clone_run(worker, IMAGE, "taskfleet-worker-2")
     text = cmd.sh(argv)
     for part in (
         "--restart on-failure:5",

@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
+from taskfleet.ops.engine import REPO
+from taskfleet.ops.errors import InventoryError, OpsError
 from taskfleet.ops.inventory import (
-    InventoryError,
-    OpsError,
     known_hosts_from_args,
+    lab_inventory,
     load_inventory,
+    make_setting,
     parse_inventory,
 )
 
@@ -246,3 +248,19 @@ def test_a_missing_inventory_says_what_to_do(tmp_path: Path) -> None:
         f"no inventory at {tmp_path / 'nope'} — use INVENTORY=local "
         "(make lab) or copy inventory/lab and fill in your hosts"
     )
+
+
+def test_the_labs_inventory_is_named_after_the_lab_unless_overridden(tmp_path: Path) -> None:
+    assert lab_inventory({}) == REPO / "inventory" / "local"
+    assert lab_inventory({"TASKFLEET_LAB": "ux"}) == REPO / "inventory" / "ux"
+    override = {"TASKFLEET_LAB": "ux", "TASKFLEET_LAB_INVENTORY": str(tmp_path)}
+    assert lab_inventory(override) == tmp_path
+
+
+def test_hints_add_the_inventory_setting_make_needs(tmp_path: Path) -> None:
+    assert make_setting("inventory/local", env={}) == ""
+    assert make_setting(REPO / "inventory" / "lab", env={}) == " INVENTORY=lab"
+    assert make_setting(tmp_path, env={}) == f" INVENTORY={tmp_path}"
+    # make's default follows an exported TASKFLEET_LAB
+    assert make_setting("inventory/local", env={"TASKFLEET_LAB": "ux"}) == " INVENTORY=local"
+    assert make_setting(REPO / "inventory" / "ux", env={"TASKFLEET_LAB": "ux"}) == ""

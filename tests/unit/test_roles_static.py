@@ -24,13 +24,15 @@ ROLES = [
     "tls",
     "images",
     "master",
+    "profile",
     "workers",
     "smoke",
 ]
+# No handlers/: every reload is a task with a live check (it survives an interrupted run,
+# and the result is in place for the next role of the same run).
 SKELETON = [
     "defaults/main.yml",
     "tasks/main.yml",
-    "handlers/main.yml",
     "meta/main.yml",
     "meta/argument_specs.yml",
     "vars/main.yml",
@@ -43,7 +45,11 @@ SHARED = {
     "taskfleet_images_manifest",
     "taskfleet_tls",
     "taskfleet_tls_dir",
+    "taskfleet_tls_local_dir",
+    "taskfleet_authkey_local_path",
 }
+# Names an issue gave (a contract, docs/jobs.md): kept as written, without the role prefix.
+CONTRACT = {"taskfleet_job_packages": "images"}
 
 
 def load(path: Path) -> Any:
@@ -99,7 +105,8 @@ def test_spec_defaults_match_role_defaults(role: str) -> None:
 def test_variables_carry_the_project_and_role_prefix(role: str) -> None:
     own = f"taskfleet_{role}_"
     for name in defaults(role):
-        assert name in SHARED or name.startswith(own), f"{role}: {name} should start with {own}"
+        allowed = name in SHARED or CONTRACT.get(name) == role
+        assert allowed or name.startswith(own), f"{role}: {name} should start with {own}"
     internal = load(ROLES_DIR / role / "vars/main.yml")
     for name in internal:
         assert name.startswith(f"_taskfleet_{role}_"), f"{role}/vars: {name} should be _{own}…"

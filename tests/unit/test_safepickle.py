@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from taskfleet import safepickle
-from taskfleet.errors import JobFailed, RemoteError, UnknownJob
+from taskfleet.errors import ItemError, JobFailed, RemoteError, UnknownJob
 from tests.integration.relay import Exec
 
 
@@ -86,3 +86,11 @@ def test_global_names_are_module_colon_qualname() -> None:
     for bad in ("decimal.Decimal", ":x", "m:", "a:b:c"):
         with pytest.raises(ValueError):
             safepickle.parse_global(bad)
+
+
+def test_a_failed_items_record_decodes_among_results_and_on_the_wire() -> None:
+    record = ItemError(3, "7", "exception", "ValueError", "no", worker="w1", host="h")
+    blob = pickle.dumps([9, record], protocol=pickle.HIGHEST_PROTOCOL)
+    assert safepickle.loads(blob, safepickle.RESULTS) == [9, record]
+    assert safepickle.loads(blob, safepickle.results_allowlist(["decimal:Decimal"]))[1] == record
+    assert safepickle.loads(pickle.dumps(JobFailed("x", error=record))).error == record

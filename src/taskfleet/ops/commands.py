@@ -1,8 +1,10 @@
 """Pure builders of the commands the Fabric tasks run on the hosts.
 
-Nothing here touches the network: each function returns an argv list (or, for
-the few pipelines, one shell string) and is pinned by unit tests on the exact
-text, the way Kamal's ``commands/`` are. ``fleet``/``operations`` run them.
+Nothing here touches the network. :class:`HostCommands` binds the builders to
+one host, so a caller reads ``c.stop(names)`` and never passes ``sudo`` along:
+each method returns an argv list (or, for the few pipelines, one shell line)
+for :func:`taskfleet.ops.ssh.run`, and is pinned by unit tests on the exact
+text, the way Kamal's ``commands/`` are.
 
 The authkey is only ever named by its path inside the master container
 (``/run/secrets/taskfleet_authkey``): it never appears on a command line. With
@@ -15,7 +17,10 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from taskfleet.ops.inventory import Host
 
 LABEL_MANAGED = "io.taskfleet.managed=true"
 LABEL_ROLE = "io.taskfleet.role"
@@ -30,15 +35,13 @@ STOP_TIMEOUT = 30
 
 _WORKER_NAME = re.compile(rf"^{re.escape(WORKER_PREFIX)}(\d+)$")
 
-
-def docker(sudo: bool) -> list[str]:
-    """The docker CLI, through passwordless sudo when the SSH user is not root."""
-    return ["sudo", "-n", "docker"] if sudo else ["docker"]
+#: What a builder returns: an argv list, or one line for the remote shell.
+Command = str | Sequence[str]
 
 
-def sh(argv: Sequence[str]) -> str:
-    """Quote an argv for the remote shell."""
-    return shlex.join(argv)
+def sh(command: Command) -> str:
+    """One line for the remote shell: an argv list quoted, a shell line as it is."""
+    return command if isinstance(command, str) else shlex.join(command)
 
 
 def worker_name(index: int) -> str:
@@ -51,163 +54,171 @@ def worker_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-# --- reading state -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class HostCommands:
+    """The commands for one host; through passwordless ``sudo -n`` unless its SSH user is root."""
 
+    host: Host
 
-def inspect_managed(sudo: bool) -> str:
-    """Inspect JSON of every taskfleet container on the host (no container: no output).
+    @property
+    def _sudo(self) -> list[str]:
+        return ["sudo", "-n"] if self.host.sudo else []
 
-    Not a pipe into xargs: a failing ``docker ps`` (no engine, no sudo) must fail the
-    command, and POSIX sh has no pipefail.
-    """
-    d = sh(docker(sudo))
-    return (
-        f"ids=$({d} ps -aq --filter label={LABEL_MANAGED}) && "
-        f'{{ [ -z "$ids" ] || {d} inspect $ids; }}'
-    )
+    def docker(self) -> list[str]:
+        """The docker CLI as this host's SSH user may run it."""
+        return [*self._sudo, "docker"]
 
+    # --- reading state -------------------------------------------------------------------
 
-def inspect(sudo: bool, names: Sequence[str]) -> list[str]:
-    return [*docker(sudo), "inspect", *names]
+    def inspect_managed(self) -> str:
+        """Inspect JSON of every taskfleet container on the host (no container: no output).
 
-
-def inspect_image(sudo: bool, image: str) -> list[str]:
-    return [*docker(sudo), "image", "inspect", image]
-
-
-def master_exec(sudo: bool, args: Sequence[str]) -> list[str]:
-    """Run the taskfleet CLI inside the master container (which holds the authkey file)."""
-    return [*docker(sudo), "exec", MASTER_CONTAINER, "taskfleet", *args]
-
-
-def master_status(sudo: bool, master: str, tls: Sequence[str] = ()) -> list[str]:
-    return master_exec(
-        sudo,
-        ["status", "--master", master, "--authkey-file", AUTHKEY_IN_CONTAINER, *tls, "--json"],
-    )
-
-
-def smoke(
-    sudo: bool,
-    master: str,
-    count: int,
-    hosts: Sequence[str],
-    timeout: float,
-    tls: Sequence[str] = (),
-) -> list[str]:
-    args = [
-        "smoke",
-        "--master",
-        master,
-        "--authkey-file",
-        AUTHKEY_IN_CONTAINER,
-        *tls,
-        "--count",
-        str(count),
-    ]
-    if hosts:
-        args += ["--expect-hosts", ",".join(hosts)]
-    args += ["--timeout", f"{timeout:g}", "--json"]
-    return master_exec(sudo, args)
-
-
-def submit(
-    sudo: bool,
-    master: str,
-    job: str,
-    count: int,
-    chunk_size: int | None = None,
-    wait: bool = False,
-    tls: Sequence[str] = (),
-) -> list[str]:
-    args = [
-        "submit",
-        job,
-        "--range",
-        str(count),
-        "--master",
-        master,
-        "--authkey-file",
-        AUTHKEY_IN_CONTAINER,
-        *tls,
-    ]
-    if chunk_size:
-        args += ["--chunk-size", str(chunk_size)]
-    if not wait:
-        args.append("--no-wait")
-    args.append("--json")
-    return master_exec(sudo, args)
-
-
-def logs(
-    sudo: bool, names: Sequence[str], since: str | None, follow: bool, tail: int | None = None
-) -> str:
-    """One shell line that prints every named container's log, each line prefixed
-    ``<container> | ``.
-
-    With ``follow`` all streams run at once until our SSH session ends: the
-    script then blocks reading its stdin (the SSH channel, never written to) and
-    kills its whole process group when that read hits EOF, i.e. when the client
-    is gone (Ctrl-C, killed, network lost). No pty is needed, and nothing is left
-    running on the host. One ``sudo`` for the whole script, so it may kill what it
-    started.
-    """
-    opts = ["--timestamps"]
-    if since:
-        opts += ["--since", since]
-    if tail is not None:
-        opts += ["--tail", str(tail)]
-    if follow:
-        opts.append("--follow")
-    parts = []
-    for name in names:
-        # sed -u: unbuffered, so followed lines appear as they are written.
-        prefix = name.replace("/", r"\/") + " | "
-        parts.append(
-            f"docker logs {sh(opts)} {shlex.quote(name)} 2>&1"
-            f" | sed -u {shlex.quote('s/^/' + prefix + '/')}"
+        Not a pipe into xargs: a failing ``docker ps`` (no engine, no sudo) must fail the
+        command, and POSIX sh has no pipefail.
+        """
+        d = sh(self.docker())
+        return (
+            f"ids=$({d} ps -aq --filter label={LABEL_MANAGED}) && "
+            f'{{ [ -z "$ids" ] || {d} inspect $ids; }}'
         )
-    if not parts:
-        return "true"
-    if follow:
-        script = " & ".join(parts) + " & read -r _eof; kill 0"
-    else:
-        script = "; ".join(parts)
-    return sh([*(["sudo", "-n"] if sudo else []), "sh", "-c", script])
 
+    def inspect(self, names: Sequence[str]) -> list[str]:
+        return [*self.docker(), "inspect", *names]
 
-# --- changing state ----------------------------------------------------------------------
+    def inspect_image(self, image: str) -> list[str]:
+        return [*self.docker(), "image", "inspect", image]
 
+    def master_exec(self, args: Sequence[str]) -> list[str]:
+        """Run the taskfleet CLI inside the master container (which holds the authkey file)."""
+        return [*self.docker(), "exec", MASTER_CONTAINER, "taskfleet", *args]
 
-def stop(sudo: bool, names: Sequence[str], timeout: int = STOP_TIMEOUT) -> list[str]:
-    """SIGTERM (the image's stop signal), then SIGKILL after ``timeout`` s; docker stops
-    the named containers in parallel, so draining workers overlap."""
-    return [*docker(sudo), "stop", "-t", str(timeout), *names]
+    def master_status(self, master: str, tls: Sequence[str] = ()) -> list[str]:
+        return self.master_exec(
+            ["status", "--master", master, "--authkey-file", AUTHKEY_IN_CONTAINER, *tls, "--json"]
+        )
 
+    def smoke(
+        self,
+        master: str,
+        count: int,
+        hosts: Sequence[str],
+        timeout: float,
+        tls: Sequence[str] = (),
+    ) -> list[str]:
+        args = [
+            "smoke",
+            "--master",
+            master,
+            "--authkey-file",
+            AUTHKEY_IN_CONTAINER,
+            *tls,
+            "--count",
+            str(count),
+        ]
+        if hosts:
+            args += ["--expect-hosts", ",".join(hosts)]
+        args += ["--timeout", f"{timeout:g}", "--json"]
+        return self.master_exec(args)
 
-def remove(sudo: bool, names: Sequence[str]) -> list[str]:
-    return [*docker(sudo), "rm", "-f", *names]
+    def submit(
+        self,
+        master: str,
+        job: str,
+        count: int,
+        chunk_size: int | None = None,
+        wait: bool = False,
+        tls: Sequence[str] = (),
+    ) -> list[str]:
+        args = [
+            "submit",
+            job,
+            "--range",
+            str(count),
+            "--master",
+            master,
+            "--authkey-file",
+            AUTHKEY_IN_CONTAINER,
+            *tls,
+        ]
+        if chunk_size:
+            args += ["--chunk-size", str(chunk_size)]
+        if not wait:
+            args.append("--no-wait")
+        args.append("--json")
+        return self.master_exec(args)
 
+    def logs(
+        self, names: Sequence[str], since: str | None, follow: bool, tail: int | None = None
+    ) -> str:
+        """One shell line that prints every named container's log, each line prefixed
+        ``<container> | ``.
 
-def restart(sudo: bool, names: Sequence[str], timeout: int = STOP_TIMEOUT) -> list[str]:
-    return [*docker(sudo), "restart", "-t", str(timeout), *names]
+        With ``follow`` all streams run at once until our SSH session ends: the
+        script then blocks reading its stdin (the SSH channel, never written to) and
+        kills its whole process group when that read hits EOF, i.e. when the client
+        is gone (Ctrl-C, killed, network lost). No pty is needed, and nothing is left
+        running on the host. One ``sudo`` for the whole script, so it may kill what it
+        started.
+        """
+        opts = ["--timestamps"]
+        if since:
+            opts += ["--since", since]
+        if tail is not None:
+            opts += ["--tail", str(tail)]
+        if follow:
+            opts.append("--follow")
+        parts = []
+        for name in names:
+            # sed -u: unbuffered, so followed lines appear as they are written.
+            prefix = name.replace("/", r"\/") + " | "
+            parts.append(
+                f"docker logs {sh(opts)} {shlex.quote(name)} 2>&1"
+                f" | sed -u {shlex.quote('s/^/' + prefix + '/')}"
+            )
+        if not parts:
+            return "true"
+        if follow:
+            script = " & ".join(parts) + " & read -r _eof; kill 0"
+        else:
+            script = "; ".join(parts)
+        return sh([*self._sudo, "sh", "-c", script])
 
+    # --- changing state ------------------------------------------------------------------
 
-def list_managed_volumes(sudo: bool) -> list[str]:
-    return [*docker(sudo), "volume", "ls", "-q", "--filter", f"label={LABEL_MANAGED}"]
+    def stop(self, names: Sequence[str], timeout: int = STOP_TIMEOUT) -> list[str]:
+        """SIGTERM (the image's stop signal), then SIGKILL after ``timeout`` s; docker stops
+        the named containers in parallel, so draining workers overlap."""
+        return [*self.docker(), "stop", "-t", str(timeout), *names]
 
+    def start(self, names: Sequence[str]) -> list[str]:
+        return [*self.docker(), "start", *names]
 
-def remove_volumes(sudo: bool, names: Sequence[str]) -> list[str]:
-    return [*docker(sudo), "volume", "rm", *names]
+    def remove(self, names: Sequence[str]) -> list[str]:
+        return [*self.docker(), "rm", "-f", *names]
 
+    def restart(self, names: Sequence[str], timeout: int = STOP_TIMEOUT) -> list[str]:
+        return [*self.docker(), "restart", "-t", str(timeout), *names]
 
-def remove_authkey(sudo: bool) -> str:
-    prefix = "sudo -n " if sudo else ""
-    return (
-        f"{prefix}rm -f {AUTHKEY_ON_HOST} && "
-        f"{prefix}rmdir --ignore-fail-on-non-empty {AUTHKEY_ON_HOST.rsplit('/', 1)[0]}"
-        " 2>/dev/null || true"
-    )
+    def list_managed_volumes(self) -> list[str]:
+        return [*self.docker(), "volume", "ls", "-q", "--filter", f"label={LABEL_MANAGED}"]
+
+    def remove_volumes(self, names: Sequence[str]) -> list[str]:
+        return [*self.docker(), "volume", "rm", *names]
+
+    def remove_authkey(self) -> str:
+        prefix = "sudo -n " if self.host.sudo else ""
+        return (
+            f"{prefix}rm -f {AUTHKEY_ON_HOST} && "
+            f"{prefix}rmdir --ignore-fail-on-non-empty {AUTHKEY_ON_HOST.rsplit('/', 1)[0]}"
+            " 2>/dev/null || true"
+        )
+
+    def clone_run(
+        self, container: Mapping[str, Any], image: Mapping[str, Any], new_name: str
+    ) -> list[str]:
+        """``docker run -d`` argv that recreates ``container`` as ``new_name`` (see
+        :func:`clone_args`)."""
+        return [*self.docker(), *clone_args(container, image, new_name)]
 
 
 def _ns_to_duration(ns: int) -> str:
@@ -219,10 +230,8 @@ def _differs(container: Mapping[str, Any], image: Mapping[str, Any], key: str) -
     return container.get(key) != image.get(key)
 
 
-def clone_run(
-    container: Mapping[str, Any], image: Mapping[str, Any], new_name: str, sudo: bool
-) -> list[str]:
-    """``docker run -d`` argv that recreates ``container`` (docker inspect JSON) as
+def clone_args(container: Mapping[str, Any], image: Mapping[str, Any], new_name: str) -> list[str]:
+    """``docker`` arguments (``run -d …``) that recreate ``container`` (docker inspect JSON) as
     ``new_name``: same image, command, mounts, network, restart policy, labels and
     limits, so a scaled-up worker is configured exactly like the deployed ones.
 
@@ -246,7 +255,7 @@ def clone_run(
             value = re.sub(rf"(^|-){old_idx}$", rf"\g<1>{new_idx}", value)
         return value
 
-    argv = [*docker(sudo), "run", "--detach", "--name", new_name]
+    argv = ["run", "--detach", "--name", new_name]
 
     network = host.get("NetworkMode")
     if network and network != "default":
@@ -314,8 +323,8 @@ def clone_run(
         if test[:1] == ["NONE"]:
             argv.append("--no-healthcheck")
         elif test:
-            cmd = test[1] if test[0] == "CMD-SHELL" else sh(test[1:])
-            argv += ["--health-cmd", cmd]
+            health_cmd = test[1] if test[0] == "CMD-SHELL" else sh(test[1:])
+            argv += ["--health-cmd", health_cmd]
             for key, flag in (
                 ("Interval", "--health-interval"),
                 ("Timeout", "--health-timeout"),
@@ -328,11 +337,11 @@ def clone_run(
     entrypoint = cfg.get("Entrypoint")
     if entrypoint and entrypoint != img_cfg.get("Entrypoint"):
         argv += ["--entrypoint", entrypoint[0]]
-        cmd = [*entrypoint[1:], *(cfg.get("Cmd") or [])]
+        command = [*entrypoint[1:], *(cfg.get("Cmd") or [])]
     else:
-        cmd = list(cfg.get("Cmd") or [])
+        command = list(cfg.get("Cmd") or [])
 
     argv.append(str(cfg.get("Image") or container.get("Image")))
-    for i, arg in enumerate(cmd):
-        argv.append(rename(arg, indexed=i > 0 and cmd[i - 1] == "--name"))
+    for i, arg in enumerate(command):
+        argv.append(rename(arg, indexed=i > 0 and command[i - 1] == "--name"))
     return argv

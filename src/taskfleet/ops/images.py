@@ -6,13 +6,15 @@
     every input (recipe script, package list, suite, mirror, import changes);
     the rootfs tarball is cached under ``.build/base/`` by the same hash, so a
     clean engine re-imports without running debootstrap again.
-``python -m taskfleet.ops.images build [--base-image IMAGE]``
+``python -m taskfleet.ops.images build [--base-image IMAGE] [--job PATH ...]``
     Build (or reuse) ``taskfleet-master:<TAG>`` and ``taskfleet-worker:<TAG>``
-    from a wheel made on the host. TAG is a hash of what goes into the image
-    (the staged runtime source, the Dockerfile and its helper, the base image
-    ID), so unchanged code gives the same tag and the build is skipped.
+    from a wheel made on the host, plus the job packages (``--job``: project
+    folders or wheels, with their dependencies; see :mod:`taskfleet.ops.jobpkgs`).
+    TAG is a hash of what goes into the image (the staged runtime source, the
+    Dockerfile and its helper, the base image ID, every job wheel's contents),
+    so unchanged code gives the same tag and the build is skipped.
     Writes ``.build/images.json`` (docs/interfaces.md).
-``python -m taskfleet.ops.images save [--base-image IMAGE]``
+``python -m taskfleet.ops.images save [--base-image IMAGE] [--job PATH ...]``
     Build as above, then ``docker save`` both images once into
     ``.build/taskfleet-images-<TAG>.tar`` (reused while the tag is unchanged).
 
@@ -25,24 +27,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 
-REPO = Path(__file__).resolve().parents[3]
+from taskfleet.ops import engine, jobpkgs
+from taskfleet.ops.engine import HASH_LEN, REPO, Log, image_id
+from taskfleet.ops.errors import ImagesError, run_cli
+
 BUILD_DIR = REPO / ".build"
 BASE_DIR = REPO / "images" / "base"
 IMAGE_DIR = REPO / "images" / "taskfleet"
@@ -62,84 +65,43 @@ BASE_IMPORT_CHANGES = (
 # Files of the runtime that never go into an image: control-node tooling needs
 # third-party packages (docker, fabric) and would change the tag on every ops edit.
 RUNTIME_EXCLUDES = ("ops",)
-HASH_LEN = 12
-
-Log = Callable[[str], None]
-
-
-class ImagesError(Exception):
-    """A build step failed; the message reads ``<what> — <what to do>``."""
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-_lock_depth = 0
-
-
-@contextlib.contextmanager
-def _build_lock(log: Log) -> Iterator[None]:
+def _build_lock(log: Log) -> contextlib.AbstractContextManager[None]:
     """Serialise builds on this machine (``make images`` beside a test fixture, say).
 
     The second build waits, then finds the tags made by the first and skips.
-    Re-entrant within a process: build_images holds it while calling build_base.
+    Re-entrant: build_images holds it while calling build_base.
     """
-    global _lock_depth
-    if _lock_depth:
-        _lock_depth += 1
-        try:
-            yield
-        finally:
-            _lock_depth -= 1
-        return
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    with (BUILD_DIR / ".images.lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log("==> another image build runs on this machine — waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        _lock_depth = 1
-        try:
-            yield
-        finally:
-            _lock_depth = 0
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return engine.file_lock(
+        BUILD_DIR / ".images.lock",
+        "==> another image build runs on this machine — waiting for it",
+        log,
+    )
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """The names ``make images`` produced; serialised as .build/images.json."""
+    """The names ``make images`` produced; serialised as .build/images.json.
+
+    ``jobs`` maps each job package in the images to its version (empty
+    without JOBS).
+    """
 
     tag: str
     master: str
     worker: str
     base: str
-
-
-# --------------------------------------------------------------------------- engine
+    jobs: dict[str, str] = field(default_factory=dict)
 
 
 def connect() -> docker.DockerClient:
-    """Return a client for the local engine, or raise ImagesError saying how to start it."""
-    try:
-        # Imports and builds stream large bodies: the SDK's 60 s default is too short.
-        client = docker.from_env(timeout=900)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        raise ImagesError(
-            "the Docker engine does not answer — start it (dockerd, or systemctl start docker)"
-        ) from exc
-    return client
-
-
-def image_id(client: docker.DockerClient, name: str) -> str | None:
-    """The image ID of ``name`` in the engine, or None when it is absent."""
-    try:
-        return str(client.images.get(name).id)
-    except docker.errors.ImageNotFound:
-        return None
+    """A client for the local engine, or ImagesError saying how to start it."""
+    return engine.connect(ImagesError)
 
 
 # --------------------------------------------------------------------------- base
@@ -170,13 +132,15 @@ def _check_debootstrap() -> None:
     """Raise ImagesError naming the fix when debootstrap cannot run here."""
     if _find_debootstrap() is None:
         raise ImagesError(
-            "debootstrap is not installed — apt-get install debootstrap, "
-            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim"
+            "debootstrap is not installed",
+            "apt-get install debootstrap, "
+            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim",
         )
     if os.geteuid() != 0:
         raise ImagesError(
-            "debootstrap needs root — run make base-image as root, "
-            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim"
+            "debootstrap needs root",
+            "run make base-image as root, "
+            "or use a base image you have: make images BASE_IMAGE=python:3.13-slim",
         )
 
 
@@ -240,8 +204,8 @@ def _run_debootstrap(tarball: Path, mirror: str, logfile: Path, log: Log) -> Non
     if rc != 0:
         last = logfile.read_text().strip().splitlines()[-1:] or ["no output"]
         raise ImagesError(
-            f"building the base rootfs failed (exit {rc}: {last[0][:160]}) — "
-            f"see {logfile.relative_to(REPO)}; check that {mirror} is reachable"
+            f"building the base rootfs failed (exit {rc}: {last[0][:160]})",
+            f"see {logfile.relative_to(REPO)}; check that {mirror} is reachable",
         )
     log(f"   rootfs built in {time.monotonic() - started:.0f} s")
 
@@ -287,8 +251,8 @@ def _build_base(client: docker.DockerClient, mirror: str | None, log: Log) -> st
         )
     except docker.errors.DockerException as exc:
         raise ImagesError(
-            f"docker import of {tarball.name} failed ({exc}) — "
-            f"delete {tarball.relative_to(REPO)} and run make base-image again"
+            f"docker import of {tarball.name} failed ({exc})",
+            f"delete {tarball.relative_to(REPO)} and run make base-image again",
         ) from exc
     size = client.images.get(name).attrs["Size"] / 1e6
     log(f"==> {name} imported ({size:.0f} MB)")
@@ -319,16 +283,19 @@ def _runtime_files() -> Iterator[tuple[str, Path]]:
 _STUB_README = "taskfleet runtime (standard library only). See the project README.\n"
 
 
-def content_tag(base_id: str) -> str:
-    """TAG = hash of the staged runtime tree, the image recipe files and the base image ID."""
-    h = hashlib.sha256()
-    for rel, path in _runtime_files():
-        h.update(f"{rel}\0".encode() + path.read_bytes() + b"\0")
+def _recipe_files() -> Iterator[tuple[str, Path]]:
+    """(name, path) of the image recipe: the Dockerfile and its helpers, no subfolders."""
     for path in sorted(IMAGE_DIR.iterdir()):
         if path.is_file():
-            h.update(f"images/taskfleet/{path.name}\0".encode() + path.read_bytes() + b"\0")
-    h.update(b"README\0" + _STUB_README.encode() + b"\0base\0" + base_id.encode())
-    return h.hexdigest()[:HASH_LEN]
+            yield f"images/taskfleet/{path.name}", path
+
+
+def content_tag(base_id: str, job_digests: Sequence[str] = ()) -> str:
+    """TAG = hash of the staged runtime tree, the image recipe files, the base image ID and
+    the contents of every job wheel (``jobpkgs.JobSet.digests``; none without JOBS)."""
+    return engine.tree_hash(
+        [*_runtime_files(), *_recipe_files()], _STUB_README, base_id, *job_digests
+    )
 
 
 def _build_wheel(context: Path, log: Log) -> Path:
@@ -350,8 +317,9 @@ def _build_wheel(context: Path, log: Log) -> Path:
     if proc.returncode != 0 or len(built) != 1:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ImagesError(
-            f"pip wheel failed ({last[:160]}) — run `{sys.executable} -m pip wheel --no-deps "
-            f"{stage}` to see why (it needs setuptools from PyPI or pip's cache)"
+            f"pip wheel failed ({last[:160]})",
+            f"run `{sys.executable} -m pip wheel --no-deps {stage}` to see why "
+            "(it needs setuptools from PyPI or pip's cache)",
         )
     shutil.rmtree(stage)
     return built[0]
@@ -396,63 +364,55 @@ def _docker_build(
     name: str,
     buildargs: dict[str, str],
     log: Log,
+    with_jobs: bool,
 ) -> None:
     """One legacy-builder build of ``target``; prints its steps; raises ImagesError on failure."""
-    tail: list[str] = []
-    pending = ""  # a step is printed once we know it did not come from the cache
-    cached = 0
-    stream = client.api.build(
-        path=str(context),
-        dockerfile="Dockerfile",
-        tag=name,
-        target=target,
+    fix = "fix images/taskfleet/Dockerfile or the base image, then run make images again"
+    if with_jobs:
+        # The build loads every job entry point: an import error there is a job package's.
+        fix = (
+            "if a job entry point failed to load, declare what it imports as dependencies "
+            "in its pyproject.toml; else " + fix
+        )
+    engine.build(
+        client,
+        context,
+        name,
         buildargs=buildargs,
-        rm=True,
-        forcerm=True,
-        pull=False,
-        decode=True,
+        target=target,
+        log=log,
+        error=ImagesError,
+        what=f"docker build --target {target}",
+        fix=fix,
     )
-    for chunk in stream:
-        if "error" in chunk:
-            detail = str(chunk["error"]).strip().splitlines()[-1]
-            context_lines = " | ".join(tail[-3:])
-            raise ImagesError(
-                f"docker build --target {target} failed: {detail[:200]} "
-                f"(last output: {context_lines[:300]}) — fix images/taskfleet/Dockerfile "
-                "or the base image, then run make images again"
-            )
-        text = str(chunk.get("stream", "")).strip()
-        if not text:
-            continue
-        tail.extend(text.splitlines())
-        del tail[:-20]
-        if pending and "Using cache" in text:
-            cached += 1
-        elif pending:
-            log(f"   [{target}] {pending[:110]}")
-        pending = text if text.startswith("Step ") else ""
-    if cached:
-        log(f"   [{target}] {cached} steps from the build cache")
     if not image_id(client, name):
-        raise ImagesError(f"docker build produced no {name} — see the output above")
+        raise ImagesError(f"docker build produced no {name}", "see the output above")
 
 
 def build_images(
     base_image: str | None = None,
     client: docker.DockerClient | None = None,
     log: Log = _log,
+    jobs: Sequence[str] = (),
 ) -> ImageSet:
     """Build or reuse both images; write and return .build/images.json's content.
 
     ``base_image`` None builds/reuses taskfleet-base; otherwise it must already be
-    in the engine (no registry: ``docker load`` it first). Raises ImagesError.
+    in the engine (no registry: ``docker load`` it first). ``jobs`` are job
+    packages (project folders or wheels, relative to the working directory)
+    installed into both images with their dependencies. Raises ImagesError; a
+    failed build tags nothing it did not have before.
     """
     with _build_lock(log):
-        return _build_images(client or connect(), base_image, log)
+        return _build_images(client or connect(), base_image, jobs, log)
 
 
-def _build_images(client: docker.DockerClient, base_image: str | None, log: Log) -> ImageSet:
+def _build_images(
+    client: docker.DockerClient, base_image: str | None, jobs: Sequence[str], log: Log
+) -> ImageSet:
     started = time.monotonic()
+    # A mistyped JOBS entry stops the build before anything else runs.
+    sources = jobpkgs.parse_sources(jobs, Path.cwd())
     if base_image:
         base = base_image
         log(f"==> using base image {base} (BASE_IMAGE)")
@@ -461,11 +421,15 @@ def _build_images(client: docker.DockerClient, base_image: str | None, log: Log)
     base_id = image_id(client, base)
     if base_id is None:
         raise ImagesError(
-            f"base image {base} is not in the Docker engine — docker load it (or docker pull "
-            "it where a registry is reachable), or leave BASE_IMAGE empty to build taskfleet-base"
+            f"base image {base} is not in the Docker engine",
+            "docker load it (or docker pull it where a registry is reachable), "
+            "or leave BASE_IMAGE empty to build taskfleet-base",
         )
-    tag = content_tag(base_id)
-    images = ImageSet(tag, f"{MASTER_REPO}:{tag}", f"{WORKER_REPO}:{tag}", base)
+    # Every job wheel is made and checked before any image is built: a bad
+    # package stops here, and nothing is tagged.
+    jobset = jobpkgs.prepare(sources, client, base, base_id, log)
+    tag = content_tag(base_id, jobset.digests)
+    images = ImageSet(tag, f"{MASTER_REPO}:{tag}", f"{WORKER_REPO}:{tag}", base, jobset.versions())
     if image_id(client, images.master) and image_id(client, images.worker):
         log(f"==> {images.master} and {images.worker} exist — nothing to do")
     else:
@@ -476,27 +440,43 @@ def _build_images(client: docker.DockerClient, base_image: str | None, log: Log)
             if path.is_file():
                 shutil.copy2(path, context / path.name)
         _build_wheel(context, log)
-        buildargs = _oci_args(base)
-        for target, name in (("master", images.master), ("worker", images.worker)):
-            log(f"==> docker build --target {target} -t {name}")
-            _docker_build(client, context, target, name, buildargs, log)
+        (context / "jobs").mkdir()
+        for wheel in jobset.wheels:
+            shutil.copy2(wheel, context / "jobs" / wheel.name)
+        buildargs = {**_oci_args(base), **jobset.build_args()}
+        with _untag_on_failure(client, [images.master, images.worker], log):
+            for target, name in (("master", images.master), ("worker", images.worker)):
+                log(f"==> docker build --target {target} -t {name}")
+                _docker_build(client, context, target, name, buildargs, log, bool(jobs))
         shutil.rmtree(context, ignore_errors=True)
         log(f"==> built {images.master} and {images.worker} in {time.monotonic() - started:.0f} s")
     for name in (images.master, images.worker):
         log(f"   {name}: {client.images.get(name).attrs['Size'] / 1e6:.0f} MB")
+    for line in jobset.summary():
+        log(line)
     write_images_json(images)
     return images
 
 
+@contextlib.contextmanager
+def _untag_on_failure(client: docker.DockerClient, names: list[str], log: Log) -> Iterator[None]:
+    """Remove the tags in ``names`` that this block made if it fails: both images or neither."""
+    had = {name for name in names if image_id(client, name)}
+    try:
+        yield
+    except BaseException:
+        for name in names:
+            if name not in had and image_id(client, name):
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(name)
+                    log(f"   {name}: removed (its pair failed to build)")
+        raise
+
+
 def write_images_json(images: ImageSet) -> Path:
     """Write .build/images.json atomically (readers never see half a file)."""
-    BUILD_DIR.mkdir(exist_ok=True)
     path = BUILD_DIR / "images.json"
-    fd, tmp = tempfile.mkstemp(dir=BUILD_DIR, prefix=".images.json.")
-    with os.fdopen(fd, "w") as out:
-        json.dump(asdict(images), out, indent=2)
-        out.write("\n")
-    os.replace(tmp, path)
+    engine.write_atomic(path, json.dumps(asdict(images), indent=2) + "\n")
     return path
 
 
@@ -530,7 +510,7 @@ def _save_images(images: ImageSet, log: Log) -> Path:
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ImagesError(f"docker save failed ({last[:200]}) — run make images, then retry")
+        raise ImagesError(f"docker save failed ({last[:200]})", "run make images, then retry")
     os.replace(tmp, path)
     log(f"   {path.stat().st_size / 1e6:.0f} MB")
     return path
@@ -562,26 +542,31 @@ def _parser() -> argparse.ArgumentParser:
             help="use this image (already in the engine) instead of taskfleet-base, "
             "e.g. python:3.13-slim (env BASE_IMAGE)",
         )
+        p.add_argument(
+            "--job",
+            dest="jobs",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="a job package to install into both images: a project folder (with a "
+            "pyproject.toml) or a .whl; repeat for more (make images JOBS=...)",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "base":
-            print(build_base(mirror=args.mirror))
-        elif args.command == "build":
-            images = build_images(args.base_image)
-            print(json.dumps(asdict(images)))
-        else:
-            print(save_images(build_images(args.base_image)))
-    except ImagesError as exc:
-        print(f"taskfleet: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("taskfleet: error: interrupted — run the command again to resume", file=sys.stderr)
-        return 130
-    return 0
+
+    def run() -> None:
+        with engine.docker_errors(ImagesError):
+            if args.command == "base":
+                print(build_base(mirror=args.mirror))
+            elif args.command == "build":
+                print(json.dumps(asdict(build_images(args.base_image, jobs=args.jobs))))
+            else:
+                print(save_images(build_images(args.base_image, jobs=args.jobs)))
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -24,27 +24,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from taskfleet import defaults
+from taskfleet.ops.engine import REPO
+from taskfleet.ops.errors import InventoryError, OpsError
+
+#: The inventory groups a taskfleet cluster is described by (the deploy's and the lab's).
 MASTER_GROUP = "taskfleet_master"
 WORKERS_GROUP = "taskfleet_workers"
-DEFAULT_MASTER_PORT = 7451
+DEFAULT_MASTER_PORT = defaults.MASTER_PORT
+#: The lab `make` works on when neither LAB nor TASKFLEET_LAB names one.
+DEFAULT_LAB = "local"
 
 
-class OpsError(Exception):
-    """Base of every error the control-node operations report to the operator.
+def lab_inventory(env: Mapping[str, str] | None = None) -> Path:
+    """The inventory folder of the lab the environment names: TASKFLEET_LAB_INVENTORY,
+    else inventory/<TASKFLEET_LAB, default local> (the Makefile's LAB_INVENTORY too)."""
+    env = os.environ if env is None else env
+    lab = env.get("TASKFLEET_LAB") or DEFAULT_LAB
+    return Path(env.get("TASKFLEET_LAB_INVENTORY") or REPO / "inventory" / lab).resolve()
 
-    The message is complete and user-facing (``<what> — <what to do>``); the
-    fabfile prints it after ``taskfleet: error:`` and exits non-zero.
-    """
 
-
-class InventoryError(OpsError):
-    """The inventory cannot be read or does not describe a taskfleet cluster."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"inventory {source} is not usable — fix these:\n{lines}")
+def make_setting(inventory: str | Path, env: Mapping[str, str] | None = None) -> str:
+    """The make setting that selects ``inventory``: '' for make's default (the lab's),
+    `` INVENTORY=<folder>`` for a folder under inventory/, else `` INVENTORY=<path>``."""
+    path = Path(inventory).resolve()
+    if path == lab_inventory(env):
+        return ""
+    if path.parent == REPO / "inventory":
+        return f" INVENTORY={path.name}"
+    return f" INVENTORY={inventory}"
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ class Inventory:
             if host.name == name:
                 return host
         valid = ", ".join(h.name for h in self.all)
-        raise OpsError(f"unknown host '{name}' — valid hosts: {valid}")
+        raise OpsError(f"unknown host '{name}'", f"valid hosts: {valid}")
 
     def worker(self, name: str) -> Host:
         """Return the worker host ``name`` or raise OpsError naming the worker hosts."""
@@ -97,7 +105,7 @@ class Inventory:
             if host.name == name:
                 return host
         valid = ", ".join(h.name for h in self.workers)
-        raise OpsError(f"'{name}' is not a worker host — worker hosts: {valid}")
+        raise OpsError(f"'{name}' is not a worker host", f"worker hosts: {valid}")
 
     @property
     def master_port(self) -> int:
@@ -268,8 +276,8 @@ def ansible_inventory_binary() -> str:
     found = shutil.which("ansible-inventory")
     if not found:
         raise OpsError(
-            "ansible-inventory not found — install the ops extra "
-            "(make venv, or pip install 'taskfleet[ops]')"
+            "ansible-inventory not found",
+            "install the ops extra (make venv, or pip install 'taskfleet[ops]')",
         )
     return found
 
@@ -304,8 +312,8 @@ def load_inventory(path: str | Path, timeout: float = 60) -> Inventory:
     source = str(path)
     if not Path(path).exists():
         raise OpsError(
-            f"no inventory at {source} — use INVENTORY=local (make lab) "
-            "or copy inventory/lab and fill in your hosts"
+            f"no inventory at {source}",
+            "use INVENTORY=local (make lab) or copy inventory/lab and fill in your hosts",
         )
     argv = [ansible_inventory_binary(), "-i", source, "--list"]
     # By default ansible-inventory only warns about a source it cannot parse and
@@ -317,18 +325,18 @@ def load_inventory(path: str | Path, timeout: float = 60) -> Inventory:
         )
     except subprocess.TimeoutExpired as exc:
         raise OpsError(
-            f"ansible-inventory -i {source} took more than {timeout:.0f}s "
-            "— check the inventory plugins and vault settings"
+            f"ansible-inventory -i {source} took more than {timeout:.0f}s",
+            "check the inventory plugins and vault settings",
         ) from exc
     if proc.returncode != 0:
         raise OpsError(
-            f"ansible-inventory cannot read {source}: {_first_reason(proc.stderr)} "
-            "— fix the inventory (or the vault password) and retry"
+            f"ansible-inventory cannot read {source}: {_first_reason(proc.stderr)}",
+            "fix the inventory (or the vault password) and retry",
         )
     try:
         data = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
         raise OpsError(
-            f"ansible-inventory printed no JSON for {source} ({exc}) — run it by hand to see why"
+            f"ansible-inventory printed no JSON for {source} ({exc})", "run it by hand to see why"
         ) from exc
     return parse_inventory(data, source)

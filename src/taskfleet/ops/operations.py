@@ -1,6 +1,6 @@
 """Day-two operations on a deployed cluster: status, logs, scale, restart, smoke, down.
 
-Each operation takes an ``Inventory``, works on its hosts over SSH (``fleet``)
+Each operation takes an ``Inventory``, works on its hosts over SSH (``ssh``)
 with the commands from ``commands``, prints tables (or JSON) and returns the
 process exit status: 0 only when every host succeeded. A failing host never
 stops the others; each operation ends with a per-host summary.
@@ -13,154 +13,49 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict
 from typing import Any
 
 from fabric import Connection
 from rich.console import Console
 from rich.table import Table
 
-from taskfleet.ops import commands as cmd
-from taskfleet.ops.fleet import (
-    HostError,
-    HostResult,
-    PrefixWriter,
-    connect,
-    explain,
-    run,
-    run_on_hosts,
+from taskfleet.ops.commands import (
+    JOURNAL_DIR,
+    MASTER_CONTAINER,
+    STOP_TIMEOUT,
+    HostCommands,
+    sh,
+    worker_index,
+    worker_name,
 )
-from taskfleet.ops.inventory import Host, Inventory, OpsError
+from taskfleet.ops.containers import (
+    Container,
+    master_address,
+    master_tls,
+    parse_containers,
+    workers_of,
+)
+from taskfleet.ops.errors import HostError, OpsError, print_error
+from taskfleet.ops.inventory import Host, Inventory, make_setting
+from taskfleet.ops.ssh import HostResult, PrefixWriter, connect, explain, run, run_on_hosts, run_one
 
 #: How long scale/restart wait for containers to be healthy and seen by the master.
 READY_TIMEOUT = 180.0
 POLL_INTERVAL = 1.0
-#: Finished jobs shown in the status table (the JSON has all of them).
+#: Finished jobs shown in the status table (the JSON has the master's 20 latest).
 SHOWN_DONE = 5
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-# --- containers --------------------------------------------------------------------------
-
-
-@dataclass
-class Container:
-    name: str
-    role: str
-    state: str
-    health: str
-    image: str
-    tag: str
-    started_at: str
-    uptime_s: float | None
-    args: list[str] = field(default_factory=list, repr=False)
-    inventory_host: str = ""
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-    @property
-    def ready(self) -> bool:
-        """Running, and healthy when the image defines a healthcheck."""
-        return self.running and self.health in ("healthy", "-")
-
-
-def _uptime(started_at: str, running: bool, now: datetime) -> float | None:
-    if not running or not started_at or started_at.startswith("0001-"):
-        return None
-    try:
-        started = datetime.fromisoformat(started_at)
-    except ValueError:
-        return None
-    return max(0.0, (now - started).total_seconds())
-
-
-def parse_containers(inspect_json: str, now: datetime | None = None) -> list[Container]:
-    """Containers from ``docker inspect`` output (empty output → none), sorted master
-    first, then workers by index."""
-    text = inspect_json.strip()
-    if not text:
-        return []
-    now = now or datetime.now(UTC)
-    found = []
-    for item in json.loads(text):
-        cfg = item.get("Config") or {}
-        labels = cfg.get("Labels") or {}
-        state = item.get("State") or {}
-        image = str(cfg.get("Image") or "")
-        running = state.get("Status") == "running"
-        found.append(
-            Container(
-                name=str(item.get("Name", "")).lstrip("/"),
-                role=labels.get(cmd.LABEL_ROLE, "?"),
-                state=str(state.get("Status", "?")),
-                health=str((state.get("Health") or {}).get("Status", "-")),
-                image=image,
-                tag=image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "latest",
-                started_at=str(state.get("StartedAt", "")),
-                uptime_s=_uptime(str(state.get("StartedAt", "")), running, now),
-                args=list(cfg.get("Cmd") or []),
-                inventory_host=labels.get(cmd.LABEL_INVENTORY_HOST, ""),
-            )
-        )
-
-    def order(c: Container) -> tuple[int, int, str]:
-        index = cmd.worker_index(c.name)
-        return (0 if c.role == "master" else 1, index if index is not None else 10**6, c.name)
-
-    return sorted(found, key=order)
-
-
-def workers_of(containers: Sequence[Container]) -> list[Container]:
-    return [c for c in containers if c.role == "worker" and cmd.worker_index(c.name) is not None]
 
 
 def list_containers(conn: Connection, host: Host) -> list[Container]:
-    return parse_containers(run(conn, cmd.inspect_managed(host.sudo)))
+    return parse_containers(run(conn, HostCommands(host).inspect_managed()))
 
 
-def _arg(args: Sequence[str], flag: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def master_address(inv: Inventory, containers: Sequence[Container]) -> str:
-    """HOST:PORT the master serves on: read from the running master's own arguments
-    (the deploy's truth), else from the inventory (taskfleet_bind_ip, port)."""
-    for c in containers:
-        if c.role == "master":
-            bind = _arg(c.args, "--bind")
-            port = _arg(c.args, "--port")
-            if bind in (None, "", "0.0.0.0", "::"):  # noqa: S104 — reading, not binding
-                bind = inv.master_bind
-            return f"{bind}:{port or inv.master_port}"
-    return f"{inv.master_bind}:{inv.master_port}"
-
-
-TLS_FLAGS = ("--tls-ca", "--tls-cert", "--tls-key")
-
-
-def master_tls(containers: Sequence[Container]) -> list[str]:
-    """The master's own ``--tls-*`` arguments (container paths), for the commands run in
-    its container; [] when it runs without TLS."""
-    for c in containers:
-        if c.role == "master":
-            args = []
-            for flag in TLS_FLAGS:
-                value = _arg(c.args, flag)
-                if value is None:
-                    return []
-                args += [flag, value]
-            return args
-    return []
+def _make(inv: Inventory, args: str) -> str:
+    """``make <args>`` for the inventory these operations run on (INVENTORY= when needed)."""
+    return f"make {args}{make_setting(inv.source)}"
 
 
 def _last_json(text: str) -> dict[str, Any]:
@@ -178,7 +73,7 @@ def query_master(
 ) -> dict[str, Any]:
     """The master's own view (``taskfleet status --json`` run inside its container)."""
     return _last_json(
-        run(conn, cmd.sh(cmd.master_status(inv.master.sudo, address, tls)), timeout=timeout)
+        run(conn, HostCommands(inv.master).master_status(address, tls), timeout=timeout)
     )
 
 
@@ -225,9 +120,9 @@ def summary(
     out.print(table)
     failed = [r.host for r in results if not r.ok]
     if failed:
-        err.print(
-            f"taskfleet: error: {len(failed)} of {len(results)} host(s) failed: "
-            f"{', '.join(failed)} — see DETAIL above"
+        print_error(
+            f"{len(failed)} of {len(results)} host(s) failed: {', '.join(failed)} — "
+            "see DETAIL above"
         )
         return 1
     return 0
@@ -346,9 +241,10 @@ def status(inv: Inventory, as_json: bool = False) -> int:
         for column in ("JOB", "NAME", "STATE", "PENDING", "LEASED", "DONE", "ITEMS"):
             jobs.add_column(column)
         all_jobs = master.get("jobs", [])
-        # Every running job, but only the latest finished ones: the journal keeps them all.
-        done = [j for j in all_jobs if j.get("state") != "running"]
-        shown = [j for j in all_jobs if j.get("state") == "running" or j in done[-SHOWN_DONE:]]
+        # Every pending or running job, but only the latest finished ones.
+        active = ("pending", "running")
+        done = [j for j in all_jobs if j.get("state") not in active]
+        shown = [j for j in all_jobs if j.get("state") in active or j in done[-SHOWN_DONE:]]
         for j in shown:
             chunks = j.get("chunks", {})
             jobs.add_row(
@@ -362,17 +258,18 @@ def status(inv: Inventory, as_json: bool = False) -> int:
             )
         if all_jobs:
             out.print(jobs)
-            if len(shown) < len(all_jobs):
+            hidden = len(all_jobs) - len(shown) + int(master.get("jobs_not_listed", 0))
+            if hidden:
                 out.print(
-                    f"({len(all_jobs) - len(shown)} older finished job(s) not shown; "
-                    "--json lists them all)"
+                    f"({hidden} older finished job(s) not shown; "
+                    "taskfleet jobs on the master lists them)"
                 )
         else:
             out.print("no jobs")
     if not doc["ok"]:
         failed = [h["host"] for h in doc["hosts"] if not h["ok"]]
         what = ", ".join(failed) if failed else "the master's view"
-        err.print(f"taskfleet: error: status incomplete ({what}) — see above")
+        print_error(f"status incomplete ({what}) — see above")
         return 1
     return 0
 
@@ -395,9 +292,9 @@ def logs(
         names = [c.name for c in list_containers(conn, h)]
         writer = PrefixWriter(f"{h.name}/", sys.stdout, lock)
         # in_stream=False: nothing is ever written to the remote stdin, so a followed
-        # script's `read` returns only when this session ends (see commands.logs).
+        # script's `read` returns only when this session ends (see HostCommands.logs).
         conn.run(
-            cmd.logs(h.sudo, names, since, follow, tail),
+            HostCommands(h).logs(names, since, follow, tail),
             hide=False,
             in_stream=False,
             out_stream=writer,
@@ -412,7 +309,7 @@ def logs(
         results = run_on_hosts(hosts, one)
         failed = [r for r in results if not r.ok]
         for r in failed:
-            err.print(f"taskfleet: error: {r.host}: {r.error}")
+            print_error(f"{r.host}: {r.error}")
         return 1 if failed else 0
 
     # Following never ends by itself: one thread per host (all at once); Ctrl-C closes
@@ -427,7 +324,7 @@ def logs(
         except Exception as exc:  # one host's failure must not stop the others
             if not stopping.is_set():
                 errors[h.name] = explain(h, exc)
-                err.print(f"taskfleet: error: {h.name}: {errors[h.name]}")
+                print_error(f"{h.name}: {errors[h.name]}")
 
     threads = [threading.Thread(target=follow_one, args=(h,), daemon=True) for h in hosts]
     for t in threads:
@@ -450,11 +347,16 @@ def logs(
 
 
 def wait_ready(
-    conn: Connection, host: Host, names: Sequence[str], timeout: float = READY_TIMEOUT
+    conn: Connection,
+    host: Host,
+    names: Sequence[str],
+    timeout: float = READY_TIMEOUT,
+    see_logs: str = "make logs",
 ) -> list[Container]:
     """Wait until every named container is running (and healthy if it has a healthcheck).
 
-    Raises HostError naming the laggards when ``timeout`` passes.
+    Raises HostError naming the laggards (and ``see_logs``, where to look) when
+    ``timeout`` passes.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -467,50 +369,47 @@ def wait_ready(
                 f"{n}: {found[n].state}/{found[n].health}" if n in found else f"{n}: missing"
                 for n in laggards
             )
-            raise HostError(
-                f"not ready after {timeout:.0f}s ({states}) — see `make logs HOST={host.name}`"
-            )
+            raise HostError(f"not ready after {timeout:.0f}s ({states})", f"see `{see_logs}`")
         time.sleep(POLL_INTERVAL)
 
 
 def scale_host(
-    conn: Connection, host: Host, count: int, timeout: float = READY_TIMEOUT
+    conn: Connection, inv: Inventory, host: Host, count: int, timeout: float = READY_TIMEOUT
 ) -> dict[str, Any]:
     """Make ``host`` run exactly workers 1..count: drain and remove the ones above
     ``count`` (SIGTERM, ``docker stop -t 30``), create missing ones as clones of the
     lowest-numbered existing worker, start stopped ones, then wait until ready."""
+    c = HostCommands(host)
     workers = workers_of(list_containers(conn, host))
     if not workers:
         raise HostError(
-            f"no taskfleet-worker container on {host.name} to copy settings from "
-            "— run `make deploy` to create the workers first"
+            f"no taskfleet-worker container on {host.name} to copy settings from",
+            f"run `{_make(inv, 'deploy')}` to create the workers first",
         )
     before = sum(1 for w in workers if w.running)
-    by_index = {cmd.worker_index(w.name): w for w in workers}
+    by_index = {worker_index(w.name): w for w in workers}
     extra = sorted(
         (w.name for i, w in by_index.items() if i is not None and i > count),
-        key=lambda n: cmd.worker_index(n) or 0,
+        key=lambda n: worker_index(n) or 0,
         reverse=True,
     )
-    missing = [cmd.worker_name(i) for i in range(1, count + 1) if i not in by_index]
+    missing = [worker_name(i) for i in range(1, count + 1) if i not in by_index]
     stopped = [
         by_index[i].name for i in range(1, count + 1) if i in by_index and not by_index[i].running
     ]
 
     if extra:
-        run(conn, cmd.sh(cmd.stop(host.sudo, extra)), timeout=cmd.STOP_TIMEOUT + 60)
-        run(conn, cmd.sh(cmd.remove(host.sudo, extra)))
+        run(conn, c.stop(extra), timeout=STOP_TIMEOUT + 60)
+        run(conn, c.remove(extra))
     if missing:
-        template_name = workers[0].name
-        template = json.loads(run(conn, cmd.sh(cmd.inspect(host.sudo, [template_name]))))[0]
-        image = json.loads(
-            run(conn, cmd.sh(cmd.inspect_image(host.sudo, template["Config"]["Image"])))
-        )[0]
+        template = json.loads(run(conn, c.inspect([workers[0].name])))[0]
+        image = json.loads(run(conn, c.inspect_image(template["Config"]["Image"])))[0]
         for name in missing:
-            run(conn, cmd.sh(cmd.clone_run(template, image, name, host.sudo)))
+            run(conn, c.clone_run(template, image, name))
     if stopped:
-        run(conn, cmd.sh([*cmd.docker(host.sudo), "start", *stopped]))
-    wait_ready(conn, host, [cmd.worker_name(i) for i in range(1, count + 1)], timeout)
+        run(conn, c.start(stopped))
+    names = [worker_name(i) for i in range(1, count + 1)]
+    wait_ready(conn, host, names, timeout, _make(inv, f"logs HOST={host.name}"))
     return {
         "before": before,
         "after": count,
@@ -526,10 +425,10 @@ def scale(
     """Set the number of worker containers on every worker host (or on ``host``)."""
     if count < 1:
         raise OpsError(
-            f"scale: N must be at least 1, got {count} — use `down` to remove every container"
+            f"scale: N must be at least 1, got {count}", "use `down` to remove every container"
         )
     hosts = [inv.worker(host)] if host else list(inv.workers)
-    results = run_on_hosts(hosts, lambda c, h: scale_host(c, h, count, timeout))
+    results = run_on_hosts(hosts, lambda c, h: scale_host(c, inv, h, count, timeout))
     return summary(
         f"scale to {count} worker(s) per host",
         results,
@@ -573,8 +472,8 @@ class _MasterProbe:
             time.sleep(POLL_INTERVAL)
         where = f" from {host}" if host else ""
         raise HostError(
-            f"the master saw {seen} of {expected} restarted worker(s){where} "
-            f"within {timeout:.0f}s — see `make logs`"
+            f"the master saw {seen} of {expected} restarted worker(s){where} within {timeout:.0f}s",
+            f"see `{_make(self.inv, 'logs')}`",
         )
 
     def close(self) -> None:
@@ -599,31 +498,29 @@ def restart(inv: Inventory, timeout: float = READY_TIMEOUT) -> int:
             def roll(conn: Connection, h: Host) -> dict[str, Any]:
                 names = [w.name for w in workers_of(list_containers(conn, h))]
                 if not names:
-                    raise HostError(f"no worker containers on {h.name} — run `make deploy`")
-                run(conn, cmd.sh(cmd.restart(h.sudo, names)), timeout=cmd.STOP_TIMEOUT + 90)
+                    raise HostError(
+                        f"no worker containers on {h.name}", f"run `{_make(inv, 'deploy')}`"
+                    )
+                run(conn, HostCommands(h).restart(names), timeout=STOP_TIMEOUT + 90)
                 since = time.monotonic()
-                wait_ready(conn, h, names, timeout)
+                wait_ready(conn, h, names, timeout, _make(inv, f"logs HOST={h.name}"))
                 probe.wait_workers(since, len(names), h.name, timeout)
                 return {"workers": len(names)}
 
-            result = run_on_hosts([host], roll, parallel=1)[0]
+            result = run_one(host, roll)
             if result.ok and result.value:
                 total_workers += result.value["workers"]
             results.append(result)
             out.print(f"{host.name}: " + ("restarted" if result.ok else f"FAILED: {result.error}"))
 
         def roll_master(conn: Connection, h: Host) -> dict[str, Any]:
-            run(
-                conn,
-                cmd.sh(cmd.restart(h.sudo, [cmd.MASTER_CONTAINER])),
-                timeout=cmd.STOP_TIMEOUT + 90,
-            )
+            run(conn, HostCommands(h).restart([MASTER_CONTAINER]), timeout=STOP_TIMEOUT + 90)
             since = time.monotonic()
-            wait_ready(conn, h, [cmd.MASTER_CONTAINER], timeout)
+            wait_ready(conn, h, [MASTER_CONTAINER], timeout, _make(inv, f"logs HOST={h.name}"))
             probe.wait_workers(since, total_workers, None, timeout)
             return {"workers": total_workers}
 
-        master_result = run_on_hosts([inv.master], roll_master, parallel=1)[0]
+        master_result = run_one(inv.master, roll_master)
         if inv.master.name != "master":
             master_result.host = f"{inv.master.name} (master)"
         results.append(master_result)
@@ -649,8 +546,8 @@ def smoke(inv: Inventory, count: int = 10_000, timeout: float = 300, as_json: bo
         containers = list_containers(conn, host)
         address = master_address(inv, containers)
         workers = [w.name for w in inv.workers]
-        argv = cmd.smoke(host.sudo, address, count, workers, timeout, master_tls(containers))
-        result = conn.run(cmd.sh(argv), hide=True, in_stream=False, warn=True, timeout=timeout + 30)
+        argv = HostCommands(host).smoke(address, count, workers, timeout, master_tls(containers))
+        result = conn.run(sh(argv), hide=True, in_stream=False, warn=True, timeout=timeout + 30)
         try:
             report = _last_json(result.stdout)
         except (OpsError, ValueError) as exc:
@@ -664,7 +561,7 @@ def smoke(inv: Inventory, count: int = 10_000, timeout: float = 300, as_json: bo
             )
         return report
 
-    result = run_on_hosts([inv.master], one, parallel=1)[0]
+    result = run_one(inv.master, one)
     if as_json:
         print(
             json.dumps(
@@ -693,26 +590,27 @@ def smoke(inv: Inventory, count: int = 10_000, timeout: float = 300, as_json: bo
 def down_host(conn: Connection, host: Host, purge: bool) -> dict[str, Any]:
     """Stop (SIGTERM, drain) and remove every taskfleet container on ``host``; with
     ``purge`` also the journal volume(s) and the host's authkey file."""
+    c = HostCommands(host)
     containers = list_containers(conn, host)
-    names = [c.name for c in containers]
+    names = [container.name for container in containers]
     journal_volumes: list[str] = []
     if purge and names:
-        for item in json.loads(run(conn, cmd.sh(cmd.inspect(host.sudo, names)))):
+        for item in json.loads(run(conn, c.inspect(names))):
             for mount in item.get("Mounts") or []:
-                if mount.get("Type") == "volume" and mount.get("Destination") == cmd.JOURNAL_DIR:
+                if mount.get("Type") == "volume" and mount.get("Destination") == JOURNAL_DIR:
                     journal_volumes.append(str(mount["Name"]))
     if names:
-        running = [c.name for c in containers if c.running]
+        running = [container.name for container in containers if container.running]
         if running:
-            run(conn, cmd.sh(cmd.stop(host.sudo, running)), timeout=cmd.STOP_TIMEOUT + 60)
-        run(conn, cmd.sh(cmd.remove(host.sudo, names)))
+            run(conn, c.stop(running), timeout=STOP_TIMEOUT + 60)
+        run(conn, c.remove(names))
     volumes: list[str] = []
     if purge:
-        labelled = run(conn, cmd.sh(cmd.list_managed_volumes(host.sudo))).split()
+        labelled = run(conn, c.list_managed_volumes()).split()
         volumes = sorted(set(labelled) | set(journal_volumes))
         if volumes:
-            run(conn, cmd.sh(cmd.remove_volumes(host.sudo, volumes)))
-        run(conn, cmd.remove_authkey(host.sudo))
+            run(conn, c.remove_volumes(volumes))
+        run(conn, c.remove_authkey())
     return {"containers": names, "volumes": volumes}
 
 
