@@ -4,7 +4,7 @@ Runs on the cluster test_20 deployed (with TLS: the default) and leaves it
 deployed with TLS for test_30. It checks the files the deploy made and where
 (modes, owners, SANs), that a peer holding the authkey but no certificate and
 a worker with a certificate from another CA are refused (both sides say so),
-that the control node's own certificate opens the master, that
+that the control node's profile names its own certificate and opens the master, that
 ``make rotate-tls`` under a running job re-issues every certificate host by
 host and loses nothing, that the CA key is vault-encrypted when a vault
 password is configured, that ``taskfleet_tls: false`` still deploys, and that
@@ -48,7 +48,7 @@ from tests.e2e.test_30_fabric import (
 )
 from tests.tlscerts import CA
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.timeout(1800)
 
 BIN = Path(sys.executable).parent
 TLS_HOST_DIR = "/etc/taskfleet/tls"
@@ -322,33 +322,41 @@ def test_a_worker_with_a_certificate_from_another_ca_is_refused(
     assert "e2e-otherca" not in json.dumps(master_view(lab)["workers"])
 
 
-def test_the_control_nodes_certificate_opens_the_master(deployed: Lab) -> None:
+def test_the_control_nodes_profile_names_its_certificate_and_opens_the_master(
+    deployed: Lab,
+) -> None:
     lab = deployed
-    folder = "/tmp/tf-e2e-client"
-    install_files(
-        lab,
-        "worker1",
-        folder,
-        {
-            "ca.crt": (secrets(lab) / "ca.crt").read_bytes(),
-            "host.crt": (secrets(lab) / "client.crt").read_bytes(),
-            "host.key": (secrets(lab) / "client.key").read_bytes(),
-        },
+    profile = lab.inventory_dir / "secrets" / "client.json"
+    assert json.loads(profile.read_text())["tls"] == {
+        "ca": "tls/ca.crt",
+        "cert": "tls/client.crt",
+        "key": "tls/client.key",
+    }
+    run = subprocess.run(
+        [str(BIN / "taskfleet"), "status", "--json", "--profile", str(profile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["master"]["tls"]["enabled"] is True
+    # The same profile without its "tls" section: the master refuses the plaintext peer.
+    plain = {k: v for k, v in json.loads(profile.read_text()).items() if k != "tls"}
+    plain["authkey_file"] = str(profile.parent / plain["authkey_file"])
+    bare = profile.parent / "plain-e2e.json"
+    bare.write_text(json.dumps(plain))
     try:
-        run = one_off(
-            lab,
-            "worker1",
-            "/etc/taskfleet/authkey",
-            *status_args(lab),
-            *TLS_ARGS,
-            "--json",
-            tls_dir=folder,
+        refused = subprocess.run(
+            [str(BIN / "taskfleet"), "status", "--profile", str(bare)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     finally:
-        sh(lab, "worker1", f"sudo rm -rf {folder}")
-    assert run.returncode == 0, run
-    assert json.loads(run.stdout.splitlines()[-1])["master"]["tls"]["enabled"] is True
+        bare.unlink()
+    assert refused.returncode == 1 and "requires TLS" in refused.stderr, refused.stderr
 
 
 def test_rotate_tls_under_a_running_job_reissues_every_certificate_and_loses_nothing(
