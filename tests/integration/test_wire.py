@@ -66,13 +66,13 @@ def test_no_nagle_stall_for_any_batch_size(served: Served, size: int) -> None:
 
 def wait_for_log(caplog: pytest.LogCaptureFixture, predicate: Any, timeout: float = 5) -> str:
     """The first log message matching ``predicate`` (the server logs after closing)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for record in caplog.records:
-            if predicate(record.getMessage()):
-                return record.getMessage()
-        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
-        time.sleep(0.05)
+    return wait_for(
+        "the log line",
+        lambda: next((m for r in caplog.records if predicate(m := r.getMessage())), ""),
+        timeout=timeout,
+        interval=0.05,
+        detail=lambda: [r.getMessage() for r in caplog.records],
+    )
 
 
 def test_silent_connection_is_dropped_at_the_handshake_deadline(
@@ -136,15 +136,8 @@ def test_wrong_key_is_refused_and_logged_without_a_traceback(
     with pytest.raises(AuthkeyRejected):
         session.call("ping")
     # The server thread logs after the client has already given up: wait for it.
-    wait_for(
-        "the refusal in the log",
-        lambda: any(
-            m.startswith("refused 127.0.0.1:") and m.endswith(": wrong authkey")
-            for m in (r.getMessage() for r in caplog.records)
-        ),
-        timeout=5,
-        interval=0.05,
-        detail=lambda: [r.getMessage() for r in caplog.records],
+    wait_for_log(
+        caplog, lambda m: m.startswith("refused 127.0.0.1:") and m.endswith(": wrong authkey")
     )
 
 
