@@ -179,6 +179,10 @@ teardown: venv ## Remove taskfleet containers from INVENTORY's hosts (PURGE=1: a
 rotate-authkey: venv ## Replace INVENTORY's authkey on every host and restart master and workers.
 	$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/rotate-authkey.yml $(ANSIBLE_ARGS)
 
+.PHONY: rotate-tls
+rotate-tls: venv ## Re-issue INVENTORY's TLS keys and certificates host by host (CA kept; running jobs go on).
+	$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/rotate-tls.yml $(ANSIBLE_ARGS)
+
 .PHONY: demo
 demo: ## The whole thing on one computer: images, the lab LAB, deploy, smoke, summary.
 	$(MAKE) images lab

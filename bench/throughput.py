@@ -16,8 +16,10 @@ figures come from this one run on this machine, on loopback:
                 same cluster: ordered reading must keep >= 0.9x of it.
 
 Then: a chunk-size sweep (a Nagle/delayed-ACK cliff would show as a collapse
-at sizes whose messages exceed 16 KB), and the master's peak RSS while it
-serves a 100,000,000-item range job.
+at sizes whose messages exceed 16 KB), mutual TLS against plaintext (two
+clusters side by side, runs interleaved so both see the same machine; target:
+TLS >= 0.9x plaintext at the default chunk size), and the master's peak RSS
+while it serves a 100,000,000-item range job.
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from taskfleet import authkey, smoke  # noqa: E402
+from tests.tlscerts import CA  # noqa: E402  (certificates for the TLS rows)
+
+from taskfleet import authkey, defaults, smoke  # noqa: E402
 from taskfleet.client import Client  # noqa: E402
 from taskfleet.jobs import squares  # noqa: E402
+from taskfleet.tls import TLSConfig  # noqa: E402
 
 SEED_KEY = b"seed-benchmark-key"
 
@@ -131,8 +136,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _tls_args(cfg: TLSConfig | None) -> list[str]:
+    return [] if cfg is None else ["--tls-ca", cfg.ca, "--tls-cert", cfg.cert, "--tls-key", cfg.key]
+
+
 class Cluster:
-    def __init__(self, tmp: Path, processes: int = 2) -> None:
+    """A master and one worker as processes, and a client; with ``tls`` (a CA), all
+    three hold certificates from it."""
+
+    def __init__(self, tmp: Path, processes: int = 2, tls: CA | None = None) -> None:
         self.tmp = tmp
         self.key = tmp / "authkey"
         if not self.key.exists():
@@ -140,6 +152,9 @@ class Cluster:
         self.port = _free_port()
         env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
         cli = [sys.executable, "-m", "taskfleet.cli"]
+        master_tls = tls.config(f"master-{self.port}") if tls else None
+        worker_tls = tls.config(f"worker-{self.port}") if tls else None
+        client_tls = tls.config(f"client-{self.port}") if tls else None
         self.logs = [open(tmp / f"{name}-{self.port}.log", "wb") for name in ("master", "worker")]
         self.master = subprocess.Popen(
             [
@@ -151,13 +166,17 @@ class Cluster:
                 str(self.key),
                 "--journal",
                 str(tmp / f"journal-{self.port}.db"),
+                *_tls_args(master_tls),
             ],
             stderr=self.logs[0],
             env=env,
             start_new_session=True,
         )
         self.client = Client(
-            ("127.0.0.1", self.port), authkey.load(str(self.key)), connect_timeout=20
+            ("127.0.0.1", self.port),
+            authkey.load(str(self.key)),
+            connect_timeout=20,
+            tls=client_tls,
         )
         self.client.ping()
         self.worker = subprocess.Popen(
@@ -172,6 +191,7 @@ class Cluster:
                 str(processes),
                 "--name",
                 "bench",
+                *_tls_args(worker_tls),
             ],
             stderr=self.logs[1],
             env=env,
@@ -235,6 +255,35 @@ class Cluster:
             fh.close()
 
 
+def bench_tls(tmp: Path, n: int, chunks: tuple[int, ...], rounds: int) -> dict[str, Any]:
+    """Plaintext and mutual-TLS clusters side by side; runs interleaved, best of ``rounds``."""
+    plain = Cluster(tmp)
+    tls = Cluster(tmp, tls=CA(tmp / "pki"))
+    try:
+        for c in (plain, tls):
+            c.run(20_000, 1000)  # warm up (connections, pool)
+        rows: dict[str, Any] = {}
+        for chunk in chunks:
+            best = {"plain": 0.0, "tls": 0.0}
+            for _ in range(rounds):
+                for name, c in (("plain", plain), ("tls", tls)):
+                    best[name] = max(best[name], c.run(n, chunk))
+            rows[str(chunk)] = {
+                "plain": round(best["plain"]),
+                "tls": round(best["tls"]),
+                "ratio": round(best["tls"] / best["plain"], 3),
+            }
+            print(
+                f"   chunk {chunk:>6}: plaintext {best['plain']:>12,.0f}  TLS {best['tls']:>12,.0f}"
+                f" items/s  TLS/plaintext {best['tls'] / best['plain']:.2f}x",
+                flush=True,
+            )
+        return rows
+    finally:
+        tls.close()
+        plain.close()
+
+
 def bench_memory(tmp: Path, n: int, seconds: float) -> dict[str, Any]:
     """Peak RSS of a master serving an n-item range job for a few seconds."""
     cluster = Cluster(tmp)
@@ -260,6 +309,8 @@ def main() -> int:
     parser.add_argument("--seed-items", type=int, default=20_000)
     parser.add_argument("--chunk", type=int, default=10_000, help="taskfleet chunk size for (b)")
     parser.add_argument("--memory-items", type=int, default=100_000_000)
+    parser.add_argument("--tls-items", type=int, default=500_000)
+    parser.add_argument("--tls-rounds", type=int, default=3)
     parser.add_argument(
         "--json", action="store_true", help="also print the figures as one JSON line"
     )
@@ -317,6 +368,14 @@ def main() -> int:
                 )
         finally:
             cluster.close()
+        print(
+            f"== mutual TLS vs plaintext: {args.tls_items:,} items, interleaved, best of"
+            f" {args.tls_rounds}",
+            flush=True,
+        )
+        tls_rows = bench_tls(
+            tmp, args.tls_items, (defaults.CHUNK_SIZE, args.chunk), args.tls_rounds
+        )
         print(f"== master memory: {args.memory_items:,}-item range job, 5 s of work", flush=True)
         mem = bench_memory(tmp, args.memory_items, 5.0)
         print(
@@ -331,6 +390,7 @@ def main() -> int:
         vs_seed=round(tf / seed, 1),
         vs_pool=round(tf / pool, 2),
         sweep={str(k): round(v) for k, v in sweep.items()},
+        tls=tls_rows,
         memory=mem,
         smoke_items_per_s=round(smoke_rate),
         map_ordered_items_per_s=round(map_rate),
@@ -338,6 +398,8 @@ def main() -> int:
     )
     ok_seed, ok_pool, ok_mem = tf >= 100 * seed, tf >= 0.3 * pool, mem["peak_rss_mb"] < 200
     ok_map = map_rate >= 0.9 * smoke_rate
+    tls_default = tls_rows[str(defaults.CHUNK_SIZE)]
+    ok_tls = tls_default["ratio"] >= 0.9
     print()
     print("| design (squares, loopback, 2 cores) | items/s | vs seed | vs Pool.map |")
     print("| --- | ---: | ---: | ---: |")
@@ -369,17 +431,31 @@ def main() -> int:
     print("| items/s | " + " | ".join(f"{v:,.0f}" for v in sweep.values()) + " |")
     print()
     print(
+        "| mutual TLS vs plaintext (same run, interleaved)"
+        " | plaintext items/s | TLS items/s | TLS/plaintext |"
+    )
+    print("| --- | ---: | ---: | ---: |")
+    for chunk, row in tls_rows.items():
+        default = " (default)" if chunk == str(defaults.CHUNK_SIZE) else ""
+        print(
+            f"| chunk {int(chunk):,}{default} | {row['plain']:,} | {row['tls']:,} |"
+            f" {row['ratio']:.2f}x |"
+        )
+    print()
+    print(
         f"Master peak RSS serving a {args.memory_items:,}-item range job: {mem['peak_rss_mb']} MB "
         f"(target < 200 MB)."
     )
     print(
         f"Targets: >= 100x seed: {'met' if ok_seed else 'MISSED'}; >= 0.3x Pool.map: "
         f"{'met' if ok_pool else 'MISSED'}; RSS < 200 MB: {'met' if ok_mem else 'MISSED'};"
-        f" Client.map ordered >= 0.9x smoke: {'met' if ok_map else 'MISSED'}."
+        f" Client.map ordered >= 0.9x smoke: {'met' if ok_map else 'MISSED'};"
+        f" TLS >= 0.9x plaintext at the default chunk ({tls_default['ratio']:.2f}x):"
+        f" {'met' if ok_tls else 'MISSED'}."
     )
     if args.json:
         print(json.dumps(figures))
-    return 0 if (ok_seed and ok_pool and ok_mem and ok_map) else 1
+    return 0 if (ok_seed and ok_pool and ok_mem and ok_map and ok_tls) else 1
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ from taskfleet.errors import (
     JobNotFound,
     MasterUnreachable,
     TaskfleetError,
+    TLSError,
+    TLSRefused,
     UnknownJob,
+    UnsafeData,
 )
 
 
@@ -30,6 +33,9 @@ def connect(
     authkey_file: str | None = None,
     *,
     profile: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     connect_timeout: float = defaults.CONNECT_TIMEOUT,
     reconnect_for: float = defaults.RECONNECT_FOR,
     call_timeout: float = defaults.CLIENT_CALL_TIMEOUT,
@@ -37,23 +43,35 @@ def connect(
     """Connect to a master and return a :class:`Client` (a context manager).
 
     ``master`` is ``HOST:PORT``; ``authkey_file`` the cluster's key file;
-    ``profile`` a connection profile (``inventory/<env>/secrets/client.json``).
-    Missing settings come from ``TASKFLEET_MASTER`` / ``TASKFLEET_AUTHKEY_FILE``,
-    then ``TASKFLEET_PROFILE`` — the same rule as the command line
+    ``profile`` a connection profile (``inventory/<env>/secrets/client.json``);
+    ``tls_ca``/``tls_cert``/``tls_key`` the cluster CA's certificate and this
+    machine's certificate and key (all three, or none for a plaintext cluster;
+    a deployed profile names them). Missing settings come from
+    ``TASKFLEET_MASTER`` / ``TASKFLEET_AUTHKEY_FILE`` / ``TASKFLEET_TLS_*``, then
+    ``TASKFLEET_PROFILE`` — the same rule as the command line
     (:mod:`taskfleet.profile`). The master must answer within
     ``connect_timeout`` seconds; once connected, a restarting master is
     waited for up to ``reconnect_for`` seconds.
 
-    Raises UsageError (nothing says where the master is), AuthkeyError,
-    AuthkeyRejected, ProtocolMismatch, MasterUnreachable.
+    Raises UsageError (nothing says where the master is, some TLS files without
+    the others), AuthkeyError, TLSError (a TLS file is missing, unreadable,
+    expired or does not match), AuthkeyRejected, TLSRefused (the master's
+    certificate is from another CA or does not name its address, or the master
+    speaks plaintext), ProtocolMismatch, MasterUnreachable.
     """
-    target = profiles.resolve(master, authkey_file, profile)
+    target = profiles.resolve(
+        master, authkey_file, profile, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+    )
+    key = authkey.load(target.authkey_file)
+    if target.tls is not None:
+        target.tls.check()  # a bad file is one clear error now, not a failed connection later
     client = Client(
         target.master,
-        authkey.load(target.authkey_file),
+        key,
         connect_timeout=connect_timeout,
         reconnect_for=reconnect_for,
         call_timeout=call_timeout,
+        tls=target.tls,
     )
     try:
         client.ping()  # fail here, not at the first job
@@ -74,7 +92,10 @@ __all__ = [
     "JobNotFound",
     "MasterUnreachable",
     "Progress",
+    "TLSError",
+    "TLSRefused",
     "TaskfleetError",
     "UnknownJob",
+    "UnsafeData",
     "connect",
 ]

@@ -1,6 +1,6 @@
 """The authkey file: generate it, load it, refuse unsafe ones.
 
-The key is a code-execution key (the wire is pickle), so it is only ever read
+The key opens the board (and so runs any installed job function), so it is only ever read
 from a file — never argv or the environment — and never logged. Keys are
 stored as hex text (easy to vault and copy); the key bytes are the file's
 content without surrounding whitespace, so keys made by other tools work too.

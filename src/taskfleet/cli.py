@@ -108,7 +108,29 @@ def _add_master_opts(p: argparse.ArgumentParser) -> None:
         "--profile",
         metavar="PATH",
         help="connection profile written by make deploy (inventory/<env>/secrets/client.json;"
-        f" env {profile.ENV_PROFILE}); --master/--authkey-file override it",
+        f" env {profile.ENV_PROFILE}); --master/--authkey-file/--tls-* override it",
+    )
+    _add_tls_opts(p, "the master")
+
+
+def _add_tls_opts(p: argparse.ArgumentParser, peers: str) -> None:
+    """Mutual TLS: all three files, or none for a plaintext cluster (docs/security.md)."""
+    g = p.add_argument_group("TLS (all three, or none for a plaintext cluster)")
+    g.add_argument(
+        "--tls-ca",
+        metavar="PATH",
+        help=f"the cluster CA's certificate: {peers} must present a certificate it issued"
+        f" (env {profile.ENV_TLS['tls_ca']})",
+    )
+    g.add_argument(
+        "--tls-cert",
+        metavar="PATH",
+        help=f"this machine's certificate, issued by that CA (env {profile.ENV_TLS['tls_cert']})",
+    )
+    g.add_argument(
+        "--tls-key",
+        metavar="PATH",
+        help=f"the certificate's private key, mode 0600 or 0400 (env {profile.ENV_TLS['tls_key']})",
     )
 
 
@@ -133,7 +155,14 @@ def _add_client_opts(p: argparse.ArgumentParser) -> None:
 
 
 def _target(args: argparse.Namespace) -> profile.Target:
-    return profile.resolve(args.master, args.authkey_file, args.profile)
+    return profile.resolve(
+        args.master,
+        args.authkey_file,
+        args.profile,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
 
 
 def _key(args: argparse.Namespace) -> bytes:
@@ -144,9 +173,10 @@ def _client(args: argparse.Namespace) -> Client:
     from taskfleet.client import Client
 
     target = _target(args)
-    return Client(
-        target.master, authkey.load(target.authkey_file), connect_timeout=args.connect_timeout
-    )
+    key = authkey.load(target.authkey_file)
+    if target.tls is not None:
+        target.tls.check()  # a bad file is one line now, not a failed connection later
+    return Client(target.master, key, connect_timeout=args.connect_timeout, tls=target.tls)
 
 
 def _emit(obj: Mapping[str, Any]) -> None:
@@ -171,6 +201,9 @@ def cmd_master(args: argparse.Namespace) -> int:
 
     port = parse_port(args.port)
     key = _key(args)
+    tls = profile.resolve_tls(args.tls_ca, args.tls_cert, args.tls_key)
+    if tls is not None:
+        tls.check()
     log.setup()
     master = Master(
         args.bind,
@@ -181,6 +214,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         log.get("master"),
         keep_jobs=args.keep_jobs,
         keep_for=args.keep_for,
+        tls=tls,
     )
     master.start()
     master.serve_forever()
@@ -192,12 +226,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     target = _target(args)
     key = authkey.load(target.authkey_file)
+    if target.tls is not None:
+        target.tls.check()
     host = args.host_label or socket.gethostname()
     name = args.name or f"{host}-{os.getpid()}"
     processes = args.processes or len(os.sched_getaffinity(0)) or 1
     log.setup()
     worker = Worker(
-        target.master, key, name, host, processes, args.heartbeat_file, log.get("worker")
+        target.master,
+        key,
+        name,
+        host,
+        processes,
+        args.heartbeat_file,
+        log.get("worker"),
+        tls=target.tls,
     )
     try:
         code = worker.run()
@@ -638,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"default {defaults.MASTER_PORT}",
     )
     _add_authkey_opt(p)
+    _add_tls_opts(p, "every worker and client")
     p.add_argument(
         "--journal", metavar="PATH", help="SQLite journal; jobs resume from it after a restart"
     )

@@ -15,6 +15,12 @@ start again at any time, from any process, until retention prunes the job:
 
 Both survive a master restart (the session reconnects with backoff, the
 stream resumes where it was) and deliver every chunk exactly once.
+
+Results are decoded with the restricted unpickler and the types the job
+declares (the master says which in its submit and job replies): a worker that
+holds the key but is compromised cannot run code on this machine through a
+result (:mod:`taskfleet.safepickle`). Items must be plain data for the same
+reason on the other end.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import pickle
 import secrets
 import socket
 import threading
@@ -31,7 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from taskfleet import defaults
+from taskfleet import defaults, safepickle
 from taskfleet.board import JobSpec
 from taskfleet.errors import (
     BadJobArguments,
@@ -40,6 +47,7 @@ from taskfleet.errors import (
     JobFailed,
     MasterUnreachable,
     TaskfleetError,
+    UnsafeData,
 )
 from taskfleet.jobs import decode_results
 from taskfleet.manager import Session
@@ -55,6 +63,7 @@ from taskfleet.protocol import (
     Role,
     StatusView,
 )
+from taskfleet.tls import TLSConfig
 
 SUBMIT_ITEMS_TIMEOUT = 120.0
 """A submit of many items is one message the master validates and journals whole."""
@@ -123,7 +132,9 @@ class Client:
     ``with taskfleet.connect() as client: …`` closes the connection at the end.
     Calls from several threads are serialized (one connection); use one Client
     per thread to wait on several jobs at once. ``client.board`` is the typed
-    wire itself (:class:`taskfleet.protocol.BoardStub`), for tools.
+    wire itself (:class:`taskfleet.protocol.BoardStub`), for tools. ``tls``: the
+    cluster's CA and this machine's certificate and key (None: a plaintext
+    cluster); every connection the client makes uses it.
     """
 
     def __init__(
@@ -134,6 +145,7 @@ class Client:
         connect_timeout: float = defaults.CONNECT_TIMEOUT,
         reconnect_for: float = defaults.RECONNECT_FOR,
         call_timeout: float = defaults.CLIENT_CALL_TIMEOUT,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.name = f"client-{socket.gethostname()}-{os.getpid()}"
         self._session = Session(
@@ -143,10 +155,13 @@ class Client:
             timeout=call_timeout,
             give_up=connect_timeout,
             on_connect=self._hello,
+            tls=tls,
         )
         self._reconnect_for = reconnect_for
         self._lock = threading.Lock()
         self.board = BoardStub(self)
+        # What each job's results may hold besides plain data (the master says).
+        self._result_types: dict[str, frozenset[safepickle.Global]] = {}
 
     def _hello(self, session: Session) -> None:
         BoardStub(session.once).hello(Role.CLIENT, self.name)
@@ -177,6 +192,28 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def note_result_types(self, job_id: str, declared: Sequence[str]) -> None:
+        """Remember what job ``job_id`` declares its results may hold (from the master).
+
+        Raises UnsafeData when the master's list is malformed.
+        """
+        try:
+            self._result_types[job_id] = safepickle.results_allowlist(declared)
+        except (TypeError, ValueError):
+            raise UnsafeData(
+                f"the master sent malformed result types for job {job_id}: {declared!r}",
+                "run the same taskfleet version on the master and this machine",
+            ) from None
+
+    def result_allowlist(self, job_id: str) -> frozenset[safepickle.Global]:
+        """What job ``job_id``'s result blobs may hold (asks the master once)."""
+        allowed = self._result_types.get(job_id)
+        if allowed is None:
+            spec, _ = self.board.job(job_id)
+            self.note_result_types(job_id, spec.get("result_types", []))
+            allowed = self._result_types[job_id]
+        return allowed
 
     def ping(self) -> PingReply:
         return self.board.ping()
@@ -235,6 +272,7 @@ class Client:
             )
         else:
             listed = list(items)
+            _check_plain(listed)
             reply = self.board.submit(
                 job_id, job, size, 0, 0, listed, 1, opts, timeout=SUBMIT_ITEMS_TIMEOUT
             )
@@ -249,6 +287,7 @@ class Client:
                 item_timeout=opts["item_timeout"],
                 code_version=reply.get("code_version", ""),
             )
+        self.note_result_types(job_id, reply.get("result_types", []))
         return Job(self, job_id, spec=spec)
 
     def map(
@@ -287,6 +326,7 @@ class Client:
         Raises JobNotFound when the master has no such job (or pruned it).
         """
         spec, view = self.board.job(job_id)
+        self.note_result_types(job_id, spec.get("result_types", []))
         return Job(self, job_id, spec=JobSpec.from_wire(spec), view=view)
 
     def jobs(self, limit: int = defaults.JOBS_LIMIT) -> list[Job]:
@@ -325,7 +365,9 @@ class Job:
     def spec(self) -> JobSpec:
         """What was submitted (asked once)."""
         if self._spec is None:
-            self._spec = JobSpec.from_wire(self._client.board.job(self.id)[0])
+            wire_spec = self._client.board.job(self.id)[0]
+            self._client.note_result_types(self.id, wire_spec.get("result_types", []))
+            self._spec = JobSpec.from_wire(wire_spec)
         return self._spec
 
     @property
@@ -452,7 +494,15 @@ class Job:
     def _decode(self, row: ResultRow) -> ChunkResult:
         spec = self.spec
         try:
-            results = decode_results(row.blob)
+            results = decode_results(row.blob, self._client.result_allowlist(self.id))
+        except safepickle.UnsafePickle as exc:
+            raise UnsafeData(
+                f"refused the results of chunk {row.chunk} of job {self.id} from worker"
+                f" {row.worker} on {row.host}: they name {exc.name}, which is neither plain"
+                f" data nor a type job {spec.job!r} declares",
+                "if the job returns that type, declare it (taskfleet.jobs.result_types);"
+                " otherwise that worker is misbehaving or compromised: stop it and check it",
+            ) from None
         except Exception as exc:
             raise TaskfleetError(
                 f"cannot read the results of chunk {row.chunk} of job {self.id}:"
@@ -547,6 +597,23 @@ class Job:
                 yield self._decode(row)
             if not rows:
                 self._ended(view)
+
+
+def _check_plain(items: list[Any]) -> None:
+    """Items are plain data (the master and the workers admit nothing else): refuse others
+    here, in one line, rather than have the master drop the connection."""
+    try:
+        safepickle.loads(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL), safepickle.PLAIN)
+    except safepickle.UnsafePickle as exc:
+        raise BadJobArguments(
+            f"an item is a {exc.name}; items must be plain data (None, bool, int, float,"
+            " complex, str, bytes and lists, tuples, dicts and sets of them)",
+            "pass plain data and build objects inside the job function",
+        ) from None
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise BadJobArguments(
+            f"an item cannot be sent ({exc})", "pass plain data (numbers, strings, lists)"
+        ) from None
 
 
 __all__ = ["ChunkResult", "Client", "Job", "MasterUnreachable", "Progress"]

@@ -113,10 +113,27 @@ MAX_JOBS_LIMIT: Final = 10_000
 # -- the wire -------------------------------------------------------------------------
 
 HANDSHAKE_TIMEOUT: Final = 5.0
-"""Seconds an unauthenticated peer has to prove the key and send its first request."""
+"""Seconds a new connection has for its *whole* handshake (TLS, the authkey and its
+first request); a deadline, not a per-read timeout, so a peer that trickles one
+byte at a time is cut at the same moment as a silent one."""
 
-MAX_UNAUTHENTICATED: Final = 64
-"""Concurrent connections still in the handshake; extra ones are closed at once."""
+TLS_SNIFF_TIMEOUT: Final = 2.0
+"""A TLS master waits this long for a peer's TLS hello. A TLS client sends it at
+once; a plaintext taskfleet peer sends nothing (it waits for the challenge), so
+after this it is told that the master requires TLS and is closed."""
+
+MAX_UNAUTHENTICATED: Final = 128
+"""Concurrent connections still in the handshake, from all sources; extra ones are
+closed at once."""
+
+MAX_UNAUTHENTICATED_PER_SOURCE: Final = 16
+"""Concurrent connections in the handshake from one source address: one host
+cannot take the slots of the others. A worker host restarting 8 worker
+containers makes 16 at once (each has a heartbeat connection too)."""
+
+REFUSAL_LOG_INTERVAL: Final = 10.0
+"""The master logs refused peers once per source address per this many seconds,
+with counts: a flood of bad handshakes cannot flood the log."""
 
 FETCH_MAX_ITEMS: Final = 200_000
 """Items per result fetch (whole chunks, at least one): bounds a reader's memory."""

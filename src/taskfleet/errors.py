@@ -130,5 +130,20 @@ class RemoteError(TaskfleetError):
     """An unexpected error inside the master while serving a call."""
 
 
+class TLSError(TaskfleetError):
+    """A local TLS file is missing, unreadable, malformed, expired or does not match."""
+
+    exit_code = 2
+
+
+class TLSRefused(TaskfleetError):
+    """The TLS handshake with the peer failed for a reason retrying cannot fix
+    (another CA, an address the certificate does not name, plaintext vs TLS)."""
+
+
+class UnsafeData(TaskfleetError):
+    """A peer sent a pickle that names a class or function outside the allowlist."""
+
+
 class Stopping(Exception):
     """Raised inside retry loops when the process was asked to stop (not user-facing)."""

@@ -5,8 +5,24 @@ A job is a function of one item. Names resolve, in order, to a built-in job
 ``package.module:function``. The master resolves the name at submit time so a
 bad name or bad items are refused there, not later in a worker.
 
+Items and results travel as data, decoded by a restricted unpickler
+(:mod:`taskfleet.safepickle`): items are plain data (None, bool, int, float,
+complex, str, bytes, and tuples/lists/dicts/sets of them). Results may also
+hold the classes a job declares with :func:`result_types`::
+
+    from decimal import Decimal
+    from taskfleet.jobs import result_types
+
+    @result_types(Decimal)
+    def price(n: int) -> Decimal: ...
+
+The master tells clients what a job declares; a client decodes that job's
+results with exactly that allowlist, and a worker checks its results against
+it before sending them (an undeclared class fails its item, like a result that
+cannot be pickled, with a message that says how to declare it).
+
 Note: ``module:function`` runs any importable function on the workers; that is
-no more power than the authkey already grants (the wire is pickle).
+no more power than the authkey already grants.
 """
 
 from __future__ import annotations
@@ -19,14 +35,17 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
-from taskfleet import __version__, defaults
+from taskfleet import __version__, defaults, safepickle
 from taskfleet.errors import BadJobArguments, ItemError, UnknownJob
 from taskfleet.protocol import FailureKind, ItemFailure
 
 JobFn = Callable[[Any], Any]
+F = TypeVar("F", bound=Callable[..., Any])
 ENTRY_POINT_GROUP = "taskfleet.jobs"
+RESULT_TYPES_ATTR = "taskfleet_result_types"
+"""The attribute :func:`result_types` sets on a job function: a tuple of "module:qualname"."""
 _MODULE_FUNCTION = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 )
@@ -93,6 +112,39 @@ def resolve(name: str) -> JobFn:
     if fn is None or not callable(fn):
         raise _unknown(name, f" ({module_name} has no function {func_name})")
     return fn  # type: ignore[no-any-return]
+
+
+def result_types(*types: type | str) -> Callable[[F], F]:
+    """Declare the classes (or ``"module:qualname"`` globals) a job's results may hold.
+
+    Beyond plain data, a client decodes only what the job declares. A class
+    must be importable on the client; declare only classes whose construction
+    from pickled state runs no code of the sender's choosing (data classes,
+    ``decimal.Decimal``, ``datetime.datetime``, ``fractions.Fraction``). Raises
+    ValueError for a malformed name.
+    """
+    names = tuple(safepickle.global_name(t) for t in types)
+
+    def declare(fn: F) -> F:
+        setattr(fn, RESULT_TYPES_ATTR, names)
+        return fn
+
+    return declare
+
+
+def declared_result_types(name: str) -> list[str]:
+    """What the job ``name`` declares with :func:`result_types` ([] for plain data only).
+
+    Raises UnknownJob; BadJobArguments when the declaration is malformed.
+    """
+    declared = getattr(resolve(name), RESULT_TYPES_ATTR, ())
+    try:
+        return sorted({safepickle.global_name(t) for t in declared})
+    except (TypeError, ValueError) as exc:
+        raise BadJobArguments(
+            f"job {name!r} declares malformed result types ({exc})",
+            'declare classes or "module:qualname" strings with taskfleet.jobs.result_types',
+        ) from None
 
 
 def installed_packages() -> dict[str, str]:
@@ -249,30 +301,83 @@ class ChunkRun:
         """Whether the next failure still gets a traceback."""
         return len(self.failures) < defaults.MAX_CHUNK_ERRORS
 
-    def blob(self, data: Sequence[Any], lo: int) -> bytes:
-        """Pickle the results; a result that cannot be pickled becomes that item's failure."""
+    def blob(self, data: Sequence[Any], lo: int, name: str = "") -> bytes:
+        """Pickle the results; a result that cannot be pickled becomes that item's failure,
+        and so does (on the first chunk of job ``name`` in this process) a result of a
+        class the job does not declare (see :func:`_check_declared`)."""
         try:
-            return pickle.dumps(self.results, protocol=pickle.HIGHEST_PROTOCOL)
+            blob = pickle.dumps(self.results, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # find the culprits item by item
-            self._mark_unpicklable(data, lo)
-        return pickle.dumps(self.results, protocol=pickle.HIGHEST_PROTOCOL)
+            self._mark(data, lo, _unpicklable)
+            blob = pickle.dumps(self.results, protocol=pickle.HIGHEST_PROTOCOL)
+        if not name or name in _checked:
+            return blob
+        allowed = _allowlist(name)
+        try:
+            safepickle.loads(blob, allowed)
+        except safepickle.UnsafePickle:
+            self._mark(data, lo, functools.partial(_undeclared, name, allowed))
+            return pickle.dumps(self.results, protocol=pickle.HIGHEST_PROTOCOL)
+        _checked.add(name)  # only once it passed: a retry of a refused chunk is checked again
+        return blob
 
-    def _mark_unpicklable(self, data: Sequence[Any], lo: int) -> None:
+    def _mark(
+        self, data: Sequence[Any], lo: int, why: Callable[[Any], tuple[BaseException, str] | None]
+    ) -> None:
+        """Replace each result ``why`` finds fault with (the exception and the message to
+        show) by its item's failure, of kind ``unpicklable``."""
         for k, result in enumerate(self.results):
             if isinstance(result, ItemError):
                 continue
-            try:
-                pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:  # any pickling failure
-                failure = describe(
-                    exc, lo + k, data[lo + k], FailureKind.UNPICKLABLE, with_traceback=False
-                )
-                why = f"its result cannot be pickled: {failure.message}"
-                failure = failure._replace(message=_truncate(why, defaults.ERROR_MESSAGE_CHARS))
-                self.failed += 1
-                if len(self.failures) < defaults.MAX_CHUNK_ERRORS:
-                    self.failures.append(failure)
-                self.results[k] = placeholder(failure, self.worker, self.host)
+            fault = why(result)
+            if fault is None:
+                continue
+            exc, message = fault
+            failure = describe(
+                exc, lo + k, data[lo + k], FailureKind.UNPICKLABLE, with_traceback=False
+            )
+            failure = failure._replace(message=_truncate(message, defaults.ERROR_MESSAGE_CHARS))
+            self.failed += 1
+            if len(self.failures) < defaults.MAX_CHUNK_ERRORS:
+                self.failures.append(failure)
+            self.results[k] = placeholder(failure, self.worker, self.host)
+
+
+def _unpicklable(result: Any) -> tuple[BaseException, str] | None:
+    try:
+        pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # any pickling failure
+        return exc, f"its result cannot be pickled: {_message(exc)}"
+    return None
+
+
+def _undeclared(
+    name: str, allowed: frozenset[safepickle.Global], result: Any
+) -> tuple[BaseException, str] | None:
+    try:
+        safepickle.loads(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL), allowed)
+    except safepickle.UnsafePickle as exc:
+        return exc, (
+            f"its result holds a {exc.name}, which job {name!r} does not declare: clients"
+            f" refuse it — declare it with @taskfleet.jobs.result_types"
+            f"({exc.name.rpartition(':')[2]}) on the job function"
+        )
+    return None
+
+
+# Job names whose results this process has checked once (ChunkRun.blob): checking
+# every chunk would cost ~20 % of a trivial job like squares; a later chunk with an
+# undeclared class is still refused by the client, in one line.
+_checked: set[str] = set()
+
+
+@functools.lru_cache(maxsize=64)
+def _allowlist(name: str) -> frozenset[safepickle.Global]:
+    """What job ``name``'s results may hold (plain data and ItemError when it cannot load)."""
+    try:
+        return safepickle.results_allowlist(declared_result_types(name))
+    except (UnknownJob, BadJobArguments):  # its chunks fail with that message anyway
+        return safepickle.RESULTS
 
 
 def run_segment(
@@ -310,7 +415,7 @@ def run_segment(
     else:
         _run_isolated(fn, data, lo, hi, out, stop_on_error, progress, slot)
         progress[2 * slot] = PICKLING
-    return out.blob(data, lo), out.failed, out.failures
+    return out.blob(data, lo, name), out.failed, out.failures
 
 
 def _run_fast(
@@ -365,12 +470,19 @@ def join_blobs(parts: Sequence[bytes]) -> bytes:
     return pickle.dumps((SEGMENTS, list(parts)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode_results(blob: bytes) -> list[Any]:
-    """A chunk's result list from its blob (where a client reads results)."""
-    obj = pickle.loads(blob)  # results come from the cluster's own workers
+def decode_results(
+    blob: bytes, allowed: frozenset[safepickle.Global] = safepickle.RESULTS
+) -> list[Any]:
+    """A chunk's result list from its blob (where a client reads results), admitting only
+    plain data, ItemError and the ``allowed`` globals (a job's declared result types).
+
+    Raises safepickle.UnsafePickle (nothing of the blob was run), ImportError for a
+    declared class that is not importable here, pickle.UnpicklingError for damage.
+    """
+    obj = safepickle.loads(blob, allowed)
     if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == SEGMENTS:
         out: list[Any] = []
         for part in obj[1]:
-            out.extend(pickle.loads(part))
+            out.extend(safepickle.loads(part, allowed))
         return out
     return obj  # type: ignore[no-any-return]

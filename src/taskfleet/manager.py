@@ -1,36 +1,57 @@
 """The wire: a multiprocessing.managers server in the master's own process,
-and a client connection that we own (timeouts, reconnect, backoff).
+and a client connection that we own (timeouts, reconnect, backoff), both
+over plain TCP or mutual TLS (:mod:`taskfleet.tls`).
+
+Both ends speak through :class:`SocketConnection`, a ``Connection`` that keeps
+its socket object: the stock class reads and writes the raw descriptor with
+``os.read``/``os.write`` (which would bypass TLS) and decodes with the full
+unpickler. Ours sends and receives through the socket (TLS or not), keeps
+Python socket timeouts on every read and write, and decodes every message
+with the restricted unpickler (:mod:`taskfleet.safepickle`): a peer can send
+data, never code.
 
 Server side (:class:`TaskfleetServer`, a ``managers.Server``):
   * runs in-process on threads, so registered callables are plain bound
     methods and are never pickled;
   * sets TCP_NODELAY on every accepted socket (Nagle + delayed ACK cost
     40-90 ms per message otherwise) and TCP keepalive (half-open peers die);
-  * bounds the handshake: a receive/send timeout until the peer has proved
-    the key and sent its first request, and a cap on concurrent
-    unauthenticated connections (extra ones are closed at once);
-  * logs refused peers by address and sends them nothing — the stock server
-    answers a failed handshake with a pickled traceback;
+  * guards the handshake (:mod:`taskfleet.gate`): one deadline for all of
+    it (TLS, the authkey and the first request), a cap on unauthenticated
+    connections overall and per source address, and refusals logged with
+    their reason, at most once per source per interval;
+  * with TLS: requires a client certificate from the cluster's CA; a
+    plaintext peer is told so in one frame (``TLS_REQUIRED``) and closed;
+    without TLS a TLS peer is recognised by its hello and refused by name;
+  * sends refused peers nothing useful (the stock server answers a failed
+    handshake with a pickled traceback) and turns any non-taskfleet
+    exception of a call into a :class:`RemoteError`, so clients need admit
+    no other classes;
   * does not expose ``shutdown``/``debug_info`` to remote peers.
 
 Client side (:class:`Session`): speaks the manager protocol directly on a
-socket we create — ``answer_challenge``/``deliver_challenge``, then
-``accept_connection`` and ``(ident, method, args, kwargs)`` requests — so no
-``BaseProxy`` state is cached per address (CPython #86320) and no proxy
-finalizer can hang at exit. Every read and write has a kernel timeout
-(SO_RCVTIMEO/SO_SNDTIMEO): a hung (SIGSTOP'd) master is detected, the
-connection is dropped and re-dialled with backoff. Calls are never
-interrupted by signals; every board method is safe to retry.
+socket we create — TLS first when configured, then
+``answer_challenge``/``deliver_challenge``, ``accept_connection`` and
+``(ident, method, args, kwargs)`` requests — so no ``BaseProxy`` state is
+cached per address (CPython #86320) and no proxy finalizer can hang at exit.
+Every read and write has a timeout: a hung (SIGSTOP'd) master is detected,
+the connection is dropped and re-dialled with backoff. A damaged or
+tampered reply (TLS integrity failure, a pickle naming a refused global)
+is a broken connection too. Calls are never interrupted by signals; every
+board method is safe to retry.
 
-Stock ``BaseManager`` clients still work: register ``get_board`` on a
-``BaseManager`` subclass (see :class:`BoardManager`) and ``connect()``.
+Stock ``BaseManager`` clients still work against a plaintext master:
+register ``get_board`` on a ``BaseManager`` subclass (see
+:class:`BoardManager`) and ``connect()``.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import logging
+import pickle
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -40,7 +61,7 @@ from multiprocessing import connection as mpc
 from multiprocessing.connection import Connection
 from typing import Any
 
-from taskfleet import defaults
+from taskfleet import defaults, safepickle
 from taskfleet.address import format_hostport
 from taskfleet.errors import (
     AuthkeyRejected,
@@ -48,8 +69,17 @@ from taskfleet.errors import (
     RemoteError,
     Stopping,
     TaskfleetError,
+    TLSRefused,
 )
+from taskfleet.gate import Deadlines, HandshakeGate, RefusalLog, shutdown_fd
 from taskfleet.protocol import BOARD_IDENT, BOARD_TYPEID
+from taskfleet.tls import (
+    TLS_RECORD_HANDSHAKE,
+    TLS_REQUIRED,
+    TLSConfig,
+    client_failure,
+    refusal_reason,
+)
 
 # The stock server's own methods a peer may call: connection set-up and the
 # reference counting stock proxies do. Not `shutdown` or `debug_info`.
@@ -63,21 +93,20 @@ _PUBLIC = (
     "decref",
 )
 
-_TRANSPORT_ERRORS = (OSError, EOFError, ConnectionError, struct.error, ValueError)
+# ssl.SSLError is an OSError; pickle.UnpicklingError covers a reply that names a
+# refused global (safepickle.UnsafePickle) or arrives damaged.
+_TRANSPORT_ERRORS = (
+    OSError,
+    EOFError,
+    ConnectionError,
+    struct.error,
+    ValueError,
+    pickle.UnpicklingError,
+)
 
-
-def _set_timeouts(sock: socket.socket, seconds: float) -> None:
-    """Kernel-level read/write timeouts on a *blocking* socket (0 = none).
-
-    multiprocessing's Connection reads with os.read on the raw fd, so a Python
-    socket timeout would be bypassed; SO_RCVTIMEO makes that read fail with
-    EAGAIN instead of blocking forever.
-    """
-    sec = int(seconds)
-    usec = int((seconds - sec) * 1_000_000)
-    tv = struct.pack("ll", sec, usec)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+# Messages up to this size are read into one buffer allocated up front; larger
+# ones grow as their bytes really arrive (a length prefix alone allocates nothing).
+_PREALLOC = 1 << 20
 
 
 def _tune(sock: socket.socket) -> None:
@@ -89,12 +118,195 @@ def _tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
-def _fd_timeouts(fd: int, seconds: float) -> None:
-    tmp = socket.socket(fileno=fd)
-    try:
-        _set_timeouts(tmp, seconds)
-    finally:
-        tmp.detach()  # the Connection owns the fd
+class SocketConnection(Connection):
+    """A ``multiprocessing.connection.Connection`` over a socket object (plain or TLS).
+
+    Same frames as the stock class (a 4-byte big-endian length, then the
+    bytes), so the stock ``deliver_challenge``/``answer_challenge`` and the
+    stock server loop run over it unchanged. Differences: bytes go through the
+    socket object (``SSLSocket`` encrypts them), a frame's header and body go
+    out in one write, ``poll`` sees bytes TLS has already decrypted, and
+    ``recv`` decodes with :func:`taskfleet.safepickle.loads` (``allowed``).
+    Closing the connection closes the socket.
+    """
+
+    def __init__(
+        self, sock: socket.socket, allowed: frozenset[safepickle.Global] = safepickle.WIRE
+    ) -> None:
+        super().__init__(sock.fileno())
+        self._sock = sock
+        self._allowed = allowed
+
+    @property
+    def tls(self) -> bool:
+        return isinstance(self._sock, ssl.SSLSocket)
+
+    def settimeout(self, seconds: float | None) -> None:
+        """Timeout of every later read and write (None: block)."""
+        self._sock.settimeout(seconds)
+
+    def peek_byte(self) -> bytes:
+        """The next byte the peer sent, left in place (b"" at EOF); plain sockets only."""
+        return self._sock.recv(1, socket.MSG_PEEK)
+
+    def _close(self, _close: Any = None) -> None:
+        self._sock.close()
+
+    def _send(self, buf: Any, write: Any = None) -> None:
+        self._sock.sendall(buf)
+
+    def _send_bytes(self, buf: Any) -> None:
+        n = len(buf)
+        if n > 0x7FFFFFFF:
+            header = struct.pack("!i", -1) + struct.pack("!Q", n)
+        else:
+            header = struct.pack("!i", n)
+        if n <= _PREALLOC:
+            # One write: one TCP segment run and, with TLS, no extra record.
+            self._sock.sendall(header + bytes(buf))
+        else:
+            self._sock.sendall(header)
+            self._sock.sendall(buf)
+
+    def _exact(self, size: int) -> bytes | bytearray:
+        """Exactly ``size`` bytes; EOFError at a clean end, OSError at one mid-frame."""
+        sock = self._sock
+        if size <= _PREALLOC:
+            buf = bytearray(size)
+            view = memoryview(buf)
+            pos = 0
+            while pos < size:
+                n = sock.recv_into(view[pos:], size - pos)
+                if n == 0:
+                    if pos == 0:
+                        raise EOFError
+                    raise OSError("got end of file during message")
+                pos += n
+            return buf
+        parts = []
+        remaining = size
+        while remaining:
+            chunk = sock.recv(min(remaining, _PREALLOC))
+            if not chunk:
+                if remaining == size:
+                    raise EOFError
+                raise OSError("got end of file during message")
+            parts.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(parts)
+
+    def _frame(self, maxsize: int | None = None) -> bytes | bytearray | None:
+        (size,) = struct.unpack("!i", self._exact(4))
+        if size == -1:
+            (size,) = struct.unpack("!Q", self._exact(8))
+        if maxsize is not None and size > maxsize:
+            return None
+        return self._exact(size)
+
+    def _recv(self, size: int, read: Any = None) -> io.BytesIO:
+        return io.BytesIO(self._exact(size))
+
+    def _recv_bytes(self, maxsize: int | None = None) -> io.BytesIO | None:
+        frame = self._frame(maxsize)
+        return None if frame is None else io.BytesIO(frame)
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        self._check_closed()  # type: ignore[attr-defined]
+        if maxlength is not None and maxlength < 0:
+            raise ValueError("negative maxlength")
+        frame = self._frame(maxlength)
+        if frame is None:
+            self._bad_message_length()  # type: ignore[attr-defined]
+        return bytes(frame)  # type: ignore[arg-type]
+
+    def recv(self) -> Any:
+        """The next message, decoded with the restricted unpickler.
+
+        Raises safepickle.UnsafePickle (a refused global; the stream stays in
+        step), EOFError at the end, OSError/ssl.SSLError when the transport fails.
+        """
+        self._check_closed()  # type: ignore[attr-defined]
+        frame = self._frame()
+        assert frame is not None
+        return safepickle.loads(frame, self._allowed)
+
+    def _poll(self, timeout: float) -> bool:
+        sock = self._sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        return bool(mpc.wait([self], timeout))
+
+
+class _Replay:
+    """A connection whose first received frame was already read (``first``)."""
+
+    def __init__(self, conn: SocketConnection, first: bytes) -> None:
+        self._conn = conn
+        self._first: bytes | None = first
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return self._conn.recv_bytes(maxlength)
+
+    def send_bytes(self, buf: bytes) -> None:
+        self._conn.send_bytes(buf)
+
+
+class _Refused(Exception):
+    """A handshake the master refuses; ``reason`` goes to its (rate-limited) log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _PlainServerHandshake:
+    """The plaintext master's side of the authkey handshake; it recognises a TLS
+    client by its hello instead of reading it as a 369 MB frame length."""
+
+    def __init__(self, conn: SocketConnection) -> None:
+        self._conn = conn
+        self._checked = False
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        if not self._checked:
+            self._checked = True
+            first = self._conn.peek_byte()
+            if first and first[0] == TLS_RECORD_HANDSHAKE:
+                raise _Refused(
+                    "it speaks TLS, this master runs without it"
+                    " (start it with --tls-ca/--tls-cert/--tls-key)"
+                )
+        return self._conn.recv_bytes(maxlength)
+
+    def send_bytes(self, buf: bytes) -> None:
+        self._conn.send_bytes(buf)
+
+
+class _ServerConnection(SocketConnection):
+    """The master's end: errors a client cannot decode become RemoteError; a TLS
+    failure or a refused global ends the connection (the stock loop would answer
+    with a traceback and try to read on)."""
+
+    broken = ""
+
+    def send(self, obj: Any) -> None:
+        if type(obj) is tuple and len(obj) == 2 and obj[0] == "#ERROR":
+            exc = obj[1]
+            if (type(exc).__module__, type(exc).__qualname__) not in safepickle.WIRE:
+                obj = ("#ERROR", RemoteError(f"{type(exc).__name__}: {_short(exc)}", ""))
+        super().send(obj)
+
+    def recv(self) -> Any:
+        try:
+            return super().recv()
+        except ssl.SSLError as exc:
+            self.broken = f"TLS failed ({_short(exc)}): tampering on the path?"
+        except safepickle.UnsafePickle as exc:
+            self.broken = f"its request names {exc.name}, which is not plain data"
+        raise EOFError
 
 
 class BoardManager(managers.BaseManager):
@@ -105,7 +317,7 @@ BoardManager.register(BOARD_TYPEID)
 
 
 class TaskfleetServer(managers.Server):
-    """A manager server with bounded, logged handshakes. See the module docstring."""
+    """A manager server with guarded, logged handshakes, plain or TLS. See the module docstring."""
 
     def __init__(
         self,
@@ -116,7 +328,13 @@ class TaskfleetServer(managers.Server):
         log: logging.Logger,
         handshake_timeout: float = defaults.HANDSHAKE_TIMEOUT,
         max_unauthenticated: int = defaults.MAX_UNAUTHENTICATED,
+        max_unauthenticated_per_source: int = defaults.MAX_UNAUTHENTICATED_PER_SOURCE,
+        tls: TLSConfig | None = None,
+        sniff_timeout: float = defaults.TLS_SNIFF_TIMEOUT,
+        refusal_interval: float = defaults.REFUSAL_LOG_INTERVAL,
     ) -> None:
+        # Before binding: a bad certificate changes nothing (TLSError).
+        self._tls = tls.context(server_side=True) if tls is not None else None
         # The callable is a bound method run in this process: never pickled.
         registry: dict[str, Any] = {BOARD_TYPEID: (board_factory, exposed, None, None)}
         super().__init__(registry, address, authkey, "pickle")
@@ -126,7 +344,10 @@ class TaskfleetServer(managers.Server):
         self.stop_event = threading.Event()  # stock code makes it in serve_forever()
         self._log = log
         self._handshake_timeout = handshake_timeout
-        self._unauth = threading.BoundedSemaphore(max_unauthenticated)
+        self._sniff_timeout = sniff_timeout
+        self._gate = HandshakeGate(max_unauthenticated, max_unauthenticated_per_source)
+        self.refusals = RefusalLog(log, refusal_interval)
+        self._deadlines = Deadlines(tick=self.refusals.flush)
         stock: Any = self  # attributes typeshed does not declare
         self._key = authkey
         self._sock: socket.socket = stock.listener._listener._socket
@@ -144,6 +365,7 @@ class TaskfleetServer(managers.Server):
         stock: Any = self
         stock.id_to_obj[BOARD_IDENT] = (self._board_factory(), set(self._exposed), None)
         stock.id_to_refcount[BOARD_IDENT] = 1  # never released
+        self._deadlines.start()
         self._accepter = threading.Thread(target=self.accepter, name="accepter", daemon=True)
         self._accepter.start()
 
@@ -158,11 +380,13 @@ class TaskfleetServer(managers.Server):
             self._sock.close()
         except OSError:
             pass
+        self._deadlines.stop()
         with self._conns_lock:
             for conn in self._conns:
                 if not conn.closed:  # the stock serving loop may have closed it
-                    _shutdown_fd(conn.fileno())
+                    shutdown_fd(conn.fileno())
             self._conns.clear()
+        self.refusals.flush()
 
     def peer(self) -> str:
         """Address of the peer whose call this thread serves ("" outside a call)."""
@@ -183,45 +407,115 @@ class TaskfleetServer(managers.Server):
                         emfile_logged = time.monotonic()
                     time.sleep(0.1)
                 continue
-            peer = format_hostport(str(addr[0]), int(addr[1]))
-            if not self._unauth.acquire(blocking=False):
-                self._log.warning("refused %s: too many unauthenticated connections", peer)
+            source = str(addr[0])
+            peer = format_hostport(source, int(addr[1]))
+            refused = self._gate.admit(source)
+            if refused is not None:
                 sock.close()
+                self.refusals.refuse(source, peer, refused)
                 continue
             try:
-                sock.setblocking(True)
-                _tune(sock)
-                _set_timeouts(sock, self._handshake_timeout)
-                conn = Connection(sock.detach())
-            except OSError:
+                threading.Thread(
+                    target=self._serve, args=(sock, source, peer), name=f"conn {peer}", daemon=True
+                ).start()
+            except RuntimeError:  # no thread for it: treat it as refused
                 sock.close()
-                self._unauth.release()
-                continue
-            threading.Thread(
-                target=self._serve, args=(conn, peer), name=f"conn {peer}", daemon=True
-            ).start()
+                self._gate.release(source)
+                self.refusals.refuse(source, peer, "no thread to serve it")
 
-    def _serve(self, conn: Connection, peer: str) -> None:
+    def _tls_accept(self, pending: _Pending, deadline: float) -> None:
+        """TLS server handshake on ``pending.sock``; raises _Refused with the reason."""
+        assert self._tls is not None
+        sock = pending.sock
+        # A TLS client speaks first (its hello); a plaintext taskfleet peer
+        # waits for the challenge. Silence therefore means plaintext.
+        sock.settimeout(max(0.01, min(self._sniff_timeout, deadline - time.monotonic())))
+        try:
+            first = sock.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            try:
+                sock.settimeout(1.0)
+                sock.sendall(struct.pack("!i", len(TLS_REQUIRED)) + TLS_REQUIRED)
+            except OSError:
+                pass
+            raise _Refused(
+                "plaintext peer (it sent no TLS hello; this master requires TLS)"
+            ) from None
+        if not first:
+            raise _Refused("closed before the handshake")
+        if first[0] != TLS_RECORD_HANDSHAKE:
+            raise _Refused("it does not speak TLS (this master requires TLS)")
+        # The SSLSocket takes over the descriptor (same number: the deadline still applies).
+        pending.sock = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        pending.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            pending.sock.do_handshake()
+        except ssl.SSLError as exc:
+            raise _Refused(refusal_reason(exc)) from None
+
+    def _handshake(self, pending: _Pending, deadline: float) -> Any:
+        """TLS (if on), both authkey challenges and the first request, before ``deadline``.
+
+        Leaves what it made in ``pending``; closing is the caller's, after the
+        deadline is forgotten (a cut must never hit a reused descriptor).
+        """
+        pending.sock.setblocking(True)
+        _tune(pending.sock)
+        if self._tls is not None:
+            self._tls_accept(pending, deadline)
+        # Per read as well: a backstop behind the deadline thread.
+        pending.sock.settimeout(self._handshake_timeout)
+        conn = pending.conn = _ServerConnection(pending.sock)
         with self._conns_lock:
             if self.stop_event.is_set():
-                conn.close()
-                return
+                raise _Refused("the master is stopping")
             self._conns.add(conn)
+        mpc.deliver_challenge(
+            conn if conn.tls else _PlainServerHandshake(conn),  # type: ignore[arg-type]
+            self._key,
+        )
+        mpc.answer_challenge(conn, self._key)
+        return conn.recv()
+
+    def _serve(self, sock: socket.socket, source: str, peer: str) -> None:
+        deadline = time.monotonic() + self._handshake_timeout
+        token = self._deadlines.add(sock.fileno(), deadline)
+        pending = _Pending(sock)
+        reason = ""
+        request: Any = None
+        try:
+            request = self._handshake(pending, deadline)
+        except AuthenticationError:
+            reason = "wrong authkey"
+        except _Refused as exc:
+            reason = exc.reason
+        except Exception as exc:  # garbage, timeout, half-open: drop it quietly
+            broken = pending.conn.broken if pending.conn is not None else ""
+            reason = broken or f"no valid handshake ({_short(exc)})"
+        finally:
+            in_time = self._deadlines.remove(token)
+            self._gate.release(source)
+        conn = pending.conn
+        if reason:
+            # At the deadline the cut and a read timeout race: either way, it was the deadline.
+            if not in_time or time.monotonic() >= deadline - 0.05:
+                reason = f"handshake not finished within {self._handshake_timeout:g}s"
+            if conn is not None:
+                with self._conns_lock:
+                    self._conns.discard(conn)
+                conn.close()
+            else:
+                pending.sock.close()
+            self.refusals.refuse(source, peer, reason)
+            return
+        assert conn is not None
         try:
             try:
-                mpc.deliver_challenge(conn, self._key)
-                mpc.answer_challenge(conn, self._key)
-                request = conn.recv()
                 _, funcname, args, kwds = request
-            except AuthenticationError:
-                self._log.warning("refused %s: wrong authkey", peer)
+            except (TypeError, ValueError):
+                self.refusals.refuse(source, peer, "its first request is malformed")
                 return
-            except Exception as exc:  # garbage, timeout, half-open: drop it quietly
-                self._log.warning("refused %s: no valid handshake (%s)", peer, _short(exc))
-                return
-            finally:
-                self._unauth.release()
-            _fd_timeouts(conn.fileno(), 0)  # authenticated: calls may long-poll
+            conn.settimeout(None)  # authenticated: calls may long-poll
             self._peer.addr = peer
             if funcname not in self.public:
                 conn.send(("#ERROR", RemoteError(f"{funcname!r} is not allowed", "")))
@@ -243,22 +537,19 @@ class TaskfleetServer(managers.Server):
         except Exception as exc:
             self._log.debug("connection %s closed: %s", peer, _short(exc))
         finally:
+            if conn.broken:
+                self.refusals.refuse(source, peer, f"connection dropped: {conn.broken}")
             with self._conns_lock:
                 self._conns.discard(conn)
                 conn.close()
 
 
-def _shutdown_fd(fd: int) -> None:
-    """Shut a connection's socket down in both directions; the owner still closes it."""
-    if fd < 0:
-        return
-    tmp = socket.socket(fileno=fd)
-    try:
-        tmp.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        tmp.detach()
+class _Pending:
+    """What a handshake has made so far: the socket (plain, then TLS) and its connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.conn: _ServerConnection | None = None
 
 
 def _short(exc: BaseException) -> str:
@@ -267,6 +558,10 @@ def _short(exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, safepickle.UnsafePickle):
+        return f"refused a reply naming {exc.name}: tampering on the path?"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({_short(exc)})"
     if isinstance(exc, BlockingIOError | TimeoutError | socket.timeout):
         return "no answer in time"
     if isinstance(exc, ConnectionRefusedError):
@@ -280,27 +575,48 @@ def _describe(exc: BaseException) -> str:
     return _short(exc)
 
 
-def dial(address: tuple[str, int], authkey: bytes, timeout: float, name: str) -> Connection:
-    """Connect, authenticate both ways, and open a serving connection.
+def dial(
+    address: tuple[str, int],
+    authkey: bytes,
+    timeout: float,
+    name: str,
+    tls: TLSConfig | None = None,
+) -> SocketConnection:
+    """Connect (TLS first, when ``tls`` is given), authenticate both ways, and open
+    a serving connection.
 
-    Raises AuthkeyRejected or a transport error (OSError/EOFError).
+    Raises TLSError (our own files) before connecting; AuthkeyRejected, or
+    TLSRefused for a TLS failure that retrying cannot fix; otherwise a
+    transport error (OSError/EOFError) the caller may retry.
     """
+    where = format_hostport(*address)
+    ctx = tls.context(server_side=False) if tls is not None else None
     sock = socket.create_connection(address, timeout=timeout)
     try:
-        sock.settimeout(None)
         _tune(sock)
-        _set_timeouts(sock, timeout)
-        conn = Connection(sock.detach())
-    except OSError:
+        sock.settimeout(timeout)
+        if ctx is not None:
+            sock = ctx.wrap_socket(sock, server_hostname=address[0], do_handshake_on_connect=False)
+            sock.do_handshake()
+        conn = SocketConnection(sock)
+    except BaseException as exc:
         sock.close()
+        _raise_tls_failure(exc, where, address[0], tls)
         raise
     try:
         try:
-            mpc.answer_challenge(conn, authkey)
+            first = conn.recv_bytes(256)
+            if first == TLS_REQUIRED:
+                raise TLSRefused(
+                    f"the master at {where} requires TLS",
+                    "pass --tls-ca, --tls-cert and --tls-key (or a --profile with a"
+                    ' "tls" section; make deploy writes them to inventory/<env>/secrets/)',
+                )
+            mpc.answer_challenge(_Replay(conn, first), authkey)  # type: ignore[arg-type]
             mpc.deliver_challenge(conn, authkey)
         except AuthenticationError:
             raise AuthkeyRejected(
-                f"the master at {format_hostport(*address)} refused our authkey",
+                f"the master at {where} refused our authkey",
                 "use the same authkey file as the master"
                 " (one key per cluster, copied to every host)",
             ) from None
@@ -308,10 +624,18 @@ def dial(address: tuple[str, int], authkey: bytes, timeout: float, name: str) ->
         kind, result = conn.recv()
         if kind != "#RETURN":
             raise RemoteError(f"master refused the connection: {result}", "check the master's log")
-    except BaseException:
+    except BaseException as exc:
         conn.close()
+        _raise_tls_failure(exc, where, address[0], tls)
         raise
     return conn
+
+
+def _raise_tls_failure(exc: BaseException, where: str, host: str, tls: TLSConfig | None) -> None:
+    if tls is not None:
+        failure = client_failure(exc, where, host, tls)
+        if failure is not None:
+            raise failure from None
 
 
 class _NoRetry:
@@ -347,8 +671,10 @@ class Session:
         on_connect: Callable[[Session], None] | None = None,
         stop: threading.Event | None = None,
         max_backoff: float = defaults.MAX_BACKOFF,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.address = address
+        self.tls = tls
         self.where = format_hostport(*address)
         self._authkey = authkey
         self._name = name
@@ -358,7 +684,7 @@ class Session:
         self._on_connect = on_connect
         self._stop = stop or threading.Event()
         self._max_backoff = max_backoff
-        self._conn: Connection | None = None
+        self._conn: SocketConnection | None = None
         self._conn_timeout = timeout
         self.connects = 0
 
@@ -385,7 +711,7 @@ class Session:
         conn = self._conn
         assert conn is not None
         if timeout != self._conn_timeout:
-            _fd_timeouts(conn.fileno(), timeout)
+            conn.settimeout(timeout)
             self._conn_timeout = timeout
         conn.send((BOARD_IDENT, method, args, {}))
         kind, result = conn.recv()
@@ -407,7 +733,7 @@ class Session:
         return _NoRetry(self)
 
     def _connect(self) -> None:
-        self._conn = dial(self.address, self._authkey, self.timeout, self._name)
+        self._conn = dial(self.address, self._authkey, self.timeout, self._name, self.tls)
         self._conn_timeout = self.timeout
         self.connects += 1
         if self._on_connect is not None:

@@ -31,6 +31,7 @@ from taskfleet.errors import (
     JobNotFound,
     JournalError,
     ProtocolMismatch,
+    TaskfleetError,
 )
 from taskfleet.journal import DoneRow, ErrorRow, Journal
 from taskfleet.manager import TaskfleetServer
@@ -53,8 +54,10 @@ from taskfleet.protocol import (
     SpecWire,
     StatusView,
     SubmitReply,
+    TLSView,
     wire,
 )
+from taskfleet.tls import CertInfo, TLSConfig, describe
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -136,6 +139,8 @@ class BoardService:
         self._results = threading.Condition()
         self._generation = 0
         self._job_started: dict[str, float] = {}
+        # The master's certificate and the CA's (status reports their expiry).
+        self.certs: tuple[CertInfo, CertInfo] | None = None
         #: failure records journaled per job (capped at defaults.MAX_JOB_ERRORS)
         self._error_counts: dict[str, int] = {}
         #: jobs pruned from the board whose journal rows are still being deleted
@@ -464,6 +469,7 @@ class BoardService:
             n_items=spec.n_items,
             n_chunks=spec.n_chunks,
             code_version=spec.code_version,
+            result_types=jobs.declared_result_types(spec.job),
         )
 
     def _spec(self, job_id: str) -> JobSpec:
@@ -483,7 +489,13 @@ class BoardService:
             raise
 
     def job(self, job_id: str) -> tuple[SpecWire, JobView]:
-        return self._spec(job_id).as_wire(), self._view(job_id)
+        spec = self._spec(job_id)
+        wire_spec = spec.as_wire()
+        try:
+            wire_spec["result_types"] = jobs.declared_result_types(spec.job)
+        except TaskfleetError:  # a job whose package is gone since: plain data only
+            wire_spec["result_types"] = []
+        return wire_spec, self._view(job_id)
 
     def jobs(self, limit: int = defaults.JOBS_LIMIT) -> JobList:
         """The newest jobs first (at most ``limit``, capped) and the total count."""
@@ -598,11 +610,17 @@ class BoardService:
                 "address": self.address,
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "version": __version__,
+                "tls": self._tls_view(),
             },
             workers=view["workers"],
             jobs=view["jobs"],
             jobs_not_listed=view["not_listed"],
         )
+
+    def _tls_view(self) -> TLSView:
+        if self.certs is None:
+            return TLSView(enabled=False)
+        return describe(*self.certs)
 
     def close(self) -> None:
         """Close the journal once an in-flight commit has finished (the master is stopping)."""
@@ -715,9 +733,12 @@ class Master:
         log: logging.Logger,
         keep_jobs: int = defaults.KEEP_JOBS,
         keep_for: float = defaults.KEEP_FOR,
+        *,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.bind, self.port = bind, port
         self._authkey = authkey
+        self._tls = tls
         self._journal_path = journal_path
         self.lease_timeout = lease_timeout
         self.keep_jobs, self.keep_for = keep_jobs, keep_for
@@ -730,9 +751,15 @@ class Master:
     def start(self) -> None:
         """Bind first (so a bad address changes nothing), then the journal, then serve."""
         self.board = Board(self.lease_timeout)
+        certs = self._tls.check() if self._tls is not None else None  # TLSError: nothing bound
         try:
             server = TaskfleetServer(
-                self._board_handle, EXPOSED, (self.bind, self.port), self._authkey, self.log
+                self._board_handle,
+                EXPOSED,
+                (self.bind, self.port),
+                self._authkey,
+                self.log,
+                tls=self._tls,
             )
         except OSError as exc:
             raise _bind_error(self.bind, self.port, exc) from None
@@ -750,6 +777,7 @@ class Master:
             journal = Journal(path)
             service = BoardService(self.board, journal, self.log, address)
             service.server = server
+            service.certs = certs
             service.set_error_counts(journal.error_counts())
             resumed = 0
             for spec, state, error, dups, items_failed, finished in journal.jobs():
@@ -781,15 +809,31 @@ class Master:
         self.service, self.server = service, server
         server.start()
         self.log.info(
-            "master %s listening on %s (journal %s, lease timeout %gs, %d jobs resumed;"
+            "master %s listening on %s (%s, journal %s, lease timeout %gs, %d jobs resumed;"
             " keeping %s finished jobs for %s)",
             __version__,
             address,
+            "mutual TLS" if certs is not None else "plaintext: no TLS",
             path,
             self.lease_timeout,
             resumed,
             self.keep_jobs or "all",
             f"{self.keep_for:g}s" if self.keep_for else "ever",
+        )
+        if certs is not None:
+            self._check_names(certs[0])
+
+    def _check_names(self, cert: CertInfo) -> None:
+        """Warn when the certificate does not name the bind address: clients dialling it
+        will refuse the master (they check the address against the certificate)."""
+        if self.bind in ("0.0.0.0", "::") or self.bind in cert.names():  # noqa: S104
+            return
+        self.log.warning(
+            "the TLS certificate names %s, not the bind address %s: clients that dial %s"
+            " will refuse it — issue the certificate for this address (make rotate-tls)",
+            ", ".join(cert.names()) or "no address",
+            self.bind,
+            self.bind,
         )
 
     def _board_handle(self) -> BoardService:

@@ -3,18 +3,25 @@
 ``make deploy`` writes ``inventory/<env>/secrets/client.json`` (mode 0600) for
 the control node::
 
-    {"master": "10.0.0.10:7451", "authkey_file": "authkey"}
+    {"master": "10.0.0.10:7451", "authkey_file": "authkey",
+     "tls": {"ca": "tls/ca.crt", "cert": "tls/client.crt", "key": "tls/client.key"}}
 
-Relative paths are relative to the profile's own folder, so the folder can
+``tls`` is optional (a plaintext cluster has none); when present it names all
+three files. Relative paths are relative to the profile's own folder, so the folder can
 move as a whole. The CLI's ``--profile PATH`` (env ``TASKFLEET_PROFILE``) and
 ``taskfleet.connect(profile=PATH)`` read it.
 
 Where each setting comes from, first match wins:
 
-1. the explicit option (``--master``, ``--authkey-file``; ``connect(master=…)``);
+1. the explicit option (``--master``, ``--authkey-file``, ``--tls-ca``,
+   ``--tls-cert``, ``--tls-key``; ``connect(master=…)``);
 2. the profile named explicitly (``--profile``; ``connect(profile=…)``);
-3. the environment (``TASKFLEET_MASTER``, ``TASKFLEET_AUTHKEY_FILE``);
+3. the environment (``TASKFLEET_MASTER``, ``TASKFLEET_AUTHKEY_FILE``,
+   ``TASKFLEET_TLS_CA``, ``TASKFLEET_TLS_CERT``, ``TASKFLEET_TLS_KEY``);
 4. the profile named by ``TASKFLEET_PROFILE``.
+
+Each setting is picked on its own; the three TLS files must then be all
+there or all absent.
 """
 
 from __future__ import annotations
@@ -27,10 +34,17 @@ from typing import Any
 
 from taskfleet.address import parse_hostport
 from taskfleet.errors import UsageError
+from taskfleet.tls import TLSConfig
 
 ENV_MASTER = "TASKFLEET_MASTER"
 ENV_AUTHKEY = "TASKFLEET_AUTHKEY_FILE"
 ENV_PROFILE = "TASKFLEET_PROFILE"
+ENV_TLS = {
+    "tls_ca": "TASKFLEET_TLS_CA",
+    "tls_cert": "TASKFLEET_TLS_CERT",
+    "tls_key": "TASKFLEET_TLS_KEY",
+}
+_TLS_OPTION = {"tls_ca": "--tls-ca", "tls_cert": "--tls-cert", "tls_key": "--tls-key"}
 
 MAX_PROFILE_BYTES = 64 * 1024
 _FIX = "point --profile at the client.json that make deploy wrote (inventory/<env>/secrets/)"
@@ -47,6 +61,9 @@ class Profile:
     path: str
     master: str | None = None
     authkey_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 def load(path: str) -> Profile:
@@ -84,7 +101,19 @@ def _parse(path: str, data: Mapping[str, Any]) -> Profile:
         if not isinstance(key, str) or not key:
             raise ProfileError(f"profile {path}: authkey_file: should be a path", _FIX)
         key = os.path.join(base, key)
-    return Profile(os.path.abspath(path), master, key)
+    tls = data.get("tls")
+    files: dict[str, str] = {}
+    if tls is not None:
+        if not isinstance(tls, dict):
+            raise ProfileError(
+                f'profile {path}: tls: should be an object {{"ca": …, "cert": …, "key": …}}', _FIX
+            )
+        for name in ("ca", "cert", "key"):
+            value = tls.get(name)
+            if not isinstance(value, str) or not value:
+                raise ProfileError(f"profile {path}: tls.{name}: should be a path", _FIX)
+            files[f"tls_{name}"] = os.path.join(base, value)
+    return Profile(os.path.abspath(path), master, key, **files)
 
 
 @dataclass(frozen=True)
@@ -93,6 +122,7 @@ class Target:
 
     master: tuple[str, int]
     authkey_file: str
+    tls: TLSConfig | None = None
 
 
 def resolve(
@@ -100,6 +130,10 @@ def resolve(
     authkey_file: str | None = None,
     profile: str | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> Target:
     """Combine options, profiles and the environment (module docstring); raise UsageError."""
     env = os.environ if env is None else env
@@ -131,4 +165,35 @@ def resolve(
             f"pass --authkey-file PATH or --profile PATH, or set {ENV_AUTHKEY}"
             " (make one with taskfleet keygen PATH)",
         )
-    return Target(parse_hostport(address), key)
+    options = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
+    tls = _tls_config({f: pick(value, f, ENV_TLS[f]) for f, value in options.items()})
+    return Target(parse_hostport(address), key, tls)
+
+
+def _tls_config(files: Mapping[str, str | None]) -> TLSConfig | None:
+    """All three TLS files → a TLSConfig; none → None; some → UsageError naming the rest."""
+    given = [field for field in _TLS_OPTION if files.get(field)]
+    if not given:
+        return None
+    if len(given) < len(_TLS_OPTION):
+        missing = [option for field, option in _TLS_OPTION.items() if field not in given]
+        raise UsageError(
+            f"{', '.join(_TLS_OPTION[f] for f in given)} given without {' and '.join(missing)}",
+            "pass all three of --tls-ca, --tls-cert and --tls-key (or none, for a plaintext"
+            " cluster)",
+        )
+    return TLSConfig(files["tls_ca"] or "", files["tls_cert"] or "", files["tls_key"] or "")
+
+
+def resolve_tls(
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> TLSConfig | None:
+    """The master's TLS files: each option, else its environment variable; all or none."""
+    env = os.environ if env is None else env
+    options = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
+    return _tls_config(
+        {field: value or env.get(ENV_TLS[field]) for field, value in options.items()}
+    )

@@ -8,10 +8,16 @@ methods are :class:`Method`, and nothing else is callable (``EXPOSED``).
 
 Values on the wire are plain data only: tuples, lists, dicts, str, int, float,
 bool, bytes, None — plus :class:`taskfleet.errors.TaskfleetError` subclasses in
-``#ERROR`` replies. The named tuples below document the shapes and give the
-two ends typed access; they are sent as plain tuples (a named tuple pickles
-with a class reference, 5x slower to encode and decode) and rebuilt on
-arrival by :class:`BoardStub`. Job states travel as their string values.
+``#ERROR`` replies. Every side enforces it: messages are decoded by
+:mod:`taskfleet.safepickle`, which refuses any other class or function.
+Result blobs (bytes inside messages) are decoded by the client alone, with the
+types the job declares (``result_types`` in the submit and job replies).
+
+The named tuples below document the shapes and give the two ends typed
+access; they are sent as plain tuples (a named tuple pickles with a class
+reference, 5x slower to encode and decode, and refused by the restricted
+unpickler) and rebuilt on arrival by :class:`BoardStub`. Job states travel as
+their string values.
 
 Every method is safe to retry: a :class:`~taskfleet.manager.Session` resends a
 call on a new connection when the old one broke, so a method must give the
@@ -26,12 +32,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import Any, Final, NamedTuple, Protocol, TypedDict
+from typing import Any, Final, NamedTuple, NotRequired, Protocol, TypedDict
 
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 """Version 1 was the first release (no hello version check); 2 adds it; 3 adds job control
 (per-item failures, retries, cancel, ordered fetch, job listing) and drops ``fail``; 4 adds
-the worker's job packages to ``hello`` and the job's code version to its spec and views."""
+the worker's job packages to ``hello`` and the job's code version to its spec and views;
+5 decodes every message with the restricted unpickler, adds ``result_types`` to the
+submit and job replies and the master's TLS to ``status`` (and TLS, which an older
+peer cannot speak)."""
 
 BOARD_IDENT: Final = "board"
 """Identity of the board service object on every master (never released)."""
@@ -198,6 +207,9 @@ class SpecWire(TypedDict):
     """A submitted job as ``job`` returns it (``taskfleet.board.JobSpec`` on either end).
 
     ``items`` is None for a range job over ``range(start, stop, step)``.
+    ``result_types`` (in the ``job`` reply): what the job declares its results
+    may hold besides plain data, as "module:qualname"
+    (:func:`taskfleet.jobs.result_types`).
     """
 
     id: str
@@ -210,6 +222,7 @@ class SpecWire(TypedDict):
     created: float
     options: JobOptions
     code_version: str  # "<distribution> <version>" the master resolved the name to; "" unknown
+    result_types: NotRequired[list[str]]
 
 
 class Ack(TypedDict):
@@ -235,11 +248,14 @@ class PingReply(TypedDict):
 
 
 class SubmitReply(TypedDict):
+    """The master's answer to ``submit``; ``result_types`` as in :class:`SpecWire`."""
+
     id: str
     job: str
     n_items: int
     n_chunks: int
     code_version: str  # as in SpecWire
+    result_types: list[str]
 
 
 class ChunkCounts(TypedDict):
@@ -312,10 +328,26 @@ class WorkerView(TypedDict):
     job_packages: dict[str, str]  # its taskfleet.jobs distributions: name → version
 
 
+class TLSView(TypedDict, total=False):
+    """The master's TLS in ``status``: ``enabled`` always; the rest only when it is on.
+
+    ``cert_*``: the master's own certificate (``not_after`` as ISO 8601 UTC,
+    days left, the names it is valid for); ``ca_*``: the cluster CA's.
+    """
+
+    enabled: bool
+    cert_not_after: str
+    cert_days_left: float
+    cert_names: list[str]
+    ca_not_after: str
+    ca_days_left: float
+
+
 class MasterView(TypedDict):
     address: str
     uptime_s: float
     version: str
+    tls: TLSView
 
 
 class StatusView(TypedDict):

@@ -34,13 +34,21 @@ import time
 from pathlib import Path
 
 from taskfleet import defaults, jobs
-from taskfleet.errors import AuthkeyRejected, ProtocolMismatch, Stopping, TaskfleetError
+from taskfleet.errors import (
+    AuthkeyRejected,
+    ProtocolMismatch,
+    Stopping,
+    TaskfleetError,
+    TLSError,
+    TLSRefused,
+)
 from taskfleet.manager import Session
 from taskfleet.pool import Pool
 from taskfleet.protocol import BoardStub, ChunkId, Result, Role
+from taskfleet.tls import TLSConfig
 
 # Errors after which retrying cannot help: the worker exits with the message.
-_FATAL = (AuthkeyRejected, ProtocolMismatch)
+_FATAL = (AuthkeyRejected, ProtocolMismatch, TLSError, TLSRefused)
 
 
 class Worker:
@@ -53,9 +61,12 @@ class Worker:
         processes: int,
         heartbeat_file: str | None,
         log: logging.Logger,
+        *,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.address = address
         self._authkey = authkey
+        self._tls = tls
         self.name = name
         self.host = host
         self.processes = processes
@@ -123,6 +134,7 @@ class Worker:
             give_up=None,
             log=self.log,
             stop=self.stop,
+            tls=self._tls,
         )
         board = BoardStub(session)
         try:
@@ -159,6 +171,7 @@ class Worker:
                 log=self.log,
                 on_connect=self._hello,
                 stop=self.stop,
+                tls=self._tls,
             )
             board = BoardStub(session)
             try:

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from taskfleet import defaults
 from tests.e2e.conftest import Lab
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -36,6 +38,16 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PORT = 7451
 SECRET = "/run/secrets/taskfleet_authkey"
+TLS_DIR = "/run/secrets/taskfleet_tls"
+#: A deployed host's own TLS files inside a container (the deploy mounts /etc/taskfleet/tls).
+TLS_ARGS = (
+    "--tls-ca",
+    f"{TLS_DIR}/ca.crt",
+    "--tls-cert",
+    f"{TLS_DIR}/host.crt",
+    "--tls-key",
+    f"{TLS_DIR}/host.key",
+)
 E2E_LABEL = "io.taskfleet.e2e=deploy"
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
@@ -125,9 +137,15 @@ def connect_from(lab: Lab, host: str) -> subprocess.CompletedProcess[str]:
 
 
 def one_off(
-    lab: Lab, host: str, key_path: str, *args: str, timeout: int = 60
+    lab: Lab,
+    host: str,
+    key_path: str,
+    *args: str,
+    timeout: int = 60,
+    tls_dir: str = "/etc/taskfleet/tls",
 ) -> subprocess.CompletedProcess[str]:
-    """Run the taskfleet CLI on ``host`` in a one-off container with ``key_path`` mounted."""
+    """Run the taskfleet CLI on ``host`` in a one-off container with ``key_path`` mounted
+    and ``tls_dir`` (a folder with ca.crt, host.crt, host.key) at TLS_DIR."""
     image = sh(
         lab,
         host,
@@ -150,10 +168,16 @@ def one_off(
         E2E_LABEL,
         "--mount",
         f"type=bind,source={key_path},target={SECRET},readonly",
+        "--mount",
+        f"type=bind,source={tls_dir},target={TLS_DIR},readonly",
         image.stdout.strip(),
         *args,
     ]
     return sh(lab, host, shlex.join(argv), timeout=timeout + 60)
+
+
+def master_log_since(lab: Lab, since: str = "5m") -> str:
+    return sh(lab, "master", f"sudo docker logs --since {since} taskfleet-master 2>&1").stdout
 
 
 def write_key(lab: Lab, host: str, path: str, content: str) -> None:
@@ -286,14 +310,26 @@ def test_worker_with_a_wrong_authkey_is_rejected(lab: Lab, deployed: Run) -> Non
             "e2e-wrongkey",
             "--host-label",
             "e2e-wrongkey",
+            *TLS_ARGS,  # a good certificate: the authkey is what is wrong
         )
     finally:
         sh(lab, "worker1", "sudo rm -f /tmp/tf-e2e-wrongkey")
     assert run.returncode not in (0, 124), run  # rejected, not hung until `timeout`
     assert "refused our authkey" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
-    log = sh(lab, "master", "sudo docker logs --since 5m taskfleet-master 2>&1")
-    assert f"refused {lab.hosts['worker1']}:" in log.stdout and "wrong authkey" in log.stdout
+    # Refusals are logged once per source per interval: when worker1 was refused within
+    # the last REFUSAL_LOG_INTERVAL (the port test just before), this one is in the
+    # summary line that follows ("refused <ip>: 1 more in the last 10s (wrong authkey: 1)").
+    wait_for(
+        "the master's refusal line",
+        lambda: (
+            f"refused {lab.hosts['worker1']}:" in (log := master_log_since(lab, "5m"))
+            and "wrong authkey" in log
+        ),
+        timeout=defaults.REFUSAL_LOG_INTERVAL + 20,
+        interval=2,
+        detail=lambda: master_log_since(lab, "5m")[-2000:],
+    )
 
 
 def test_wrong_bind_ip_stops_the_deploy_in_preflight_before_any_change(
@@ -362,7 +398,15 @@ def test_rotate_authkey_replaces_the_key_everywhere_and_refuses_the_old(
         fp = sh(lab, host, labels + "taskfleet-worker-1").stdout.strip()
         assert fp == sh(lab, "master", labels + "taskfleet-master").stdout.strip(), host
 
-    status = ["status", "--master", f"{master_ip(lab)}:{PORT}", "--authkey-file", SECRET, "--json"]
+    status = [
+        "status",
+        "--master",
+        f"{master_ip(lab)}:{PORT}",
+        "--authkey-file",
+        SECRET,
+        *TLS_ARGS,
+        "--json",
+    ]
     ok = one_off(lab, "worker1", "/etc/taskfleet/authkey", *status)
     assert ok.returncode == 0, ok
     write_key(lab, "worker1", "/tmp/tf-e2e-oldkey", old)

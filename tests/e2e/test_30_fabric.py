@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import Lab
+from tests.e2e.test_20_deploy import TLS_ARGS
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +37,7 @@ CLIENT = "taskfleet-e2e-fabric-client"
 AUTHKEY_MOUNT = (
     "type=bind,source=/etc/taskfleet/authkey,target=/run/secrets/taskfleet_authkey,readonly"
 )
+TLS_MOUNT = "type=bind,source=/etc/taskfleet/tls,target=/run/secrets/taskfleet_tls,readonly"
 #: One-item chunks: a job's length is set by its chunk count (leases, heartbeats, journal
 #: writes), so a long job stays small in items and in journal size.
 CHUNK = 1
@@ -116,6 +118,7 @@ def master_view(lab: Lab) -> dict[str, Any]:
         master_address(lab),
         "--authkey-file",
         "/run/secrets/taskfleet_authkey",
+        *TLS_ARGS,
         "--json",
     )
     return json.loads(out.strip().splitlines()[-1])
@@ -180,12 +183,15 @@ class LongJob:
                 "host",
                 "--mount",
                 AUTHKEY_MOUNT,
+                "--mount",
+                TLS_MOUNT,
                 image,
                 "smoke",
                 "--master",
                 master_address(lab),
                 "--authkey-file",
                 "/run/secrets/taskfleet_authkey",
+                *TLS_ARGS,
                 "--count",
                 str(count),
                 "--chunk-size",

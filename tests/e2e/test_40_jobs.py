@@ -84,6 +84,8 @@ def test_the_deploy_writes_the_control_nodes_profile_0600_and_git_ignored(
     assert json.loads(path.read_text()) == {
         "master": f"{lab.hosts['master']}:{PORT}",
         "authkey_file": "authkey",
+        # TLS is on by default: the control node's own certificate (docs/security.md)
+        "tls": {"ca": "tls/ca.crt", "cert": "tls/client.crt", "key": "tls/client.key"},
     }
     for profile_path in (path, REPO / "inventory" / "local" / "secrets" / "client.json"):
         ignored = subprocess.run(

@@ -19,9 +19,17 @@ from typing import Any
 
 import pytest
 
+from taskfleet.tls import TLSConfig
+from tests.tlscerts import CA
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def tls_args(cfg: TLSConfig | None) -> list[str]:
+    if cfg is None:
+        return []
+    return ["--tls-ca", cfg.ca, "--tls-cert", cfg.cert, "--tls-key", cfg.key]
 
 
 def free_port() -> int:
@@ -90,15 +98,26 @@ class Proc:
 
 
 class Cluster:
-    """Starts taskfleet processes for one test and kills them all afterwards."""
+    """Starts taskfleet processes for one test and kills them all afterwards.
 
-    def __init__(self, tmp: Path) -> None:
+    With ``tls``, a cluster CA is made in ``tmp/pki`` and master, workers and
+    clients get certificates from it (``master_tls``, ``client_tls``).
+    """
+
+    def __init__(self, tmp: Path, tls: bool = False) -> None:
         self.tmp = tmp
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.key = tmp / "authkey"
         self.env = cli_env()
         self.procs: list[Proc] = []
+        self.ca: CA | None = None
+        self.master_tls: TLSConfig | None = None
+        self.client_tls: TLSConfig | None = None
+        if tls:
+            self.ca = CA(tmp / "pki")
+            self.master_tls = self.ca.config("master")
+            self.client_tls = self.ca.config("client")
         r = self.run("keygen", str(self.key))
         assert r.returncode == 0, r.stderr
 
@@ -122,11 +141,14 @@ class Cluster:
         ]
         if journal is not None:
             args += ["--journal", str(journal)]
-        proc = self.spawn(name, *args, *extra)
+        proc = self.spawn(name, *args, *tls_args(self.master_tls), *extra)
         proc.wait_for("listening on")
         return proc
 
-    def worker(self, name: str, *extra: str, wait: bool = True) -> Proc:
+    def worker(
+        self, name: str, *extra: str, wait: bool = True, tls: TLSConfig | None = None
+    ) -> Proc:
+        """A worker; with a TLS cluster it uses ``tls`` or the clients' certificate."""
         proc = self.spawn(
             name,
             "worker",
@@ -138,6 +160,7 @@ class Cluster:
             name,
             "--processes",
             "1",
+            *tls_args(tls or self.client_tls),
             *extra,
         )
         if wait:
@@ -145,7 +168,15 @@ class Cluster:
         return proc
 
     def client_args(self, command: str, *args: str) -> list[str]:
-        return [command, *args, "--master", self.address, "--authkey-file", str(self.key)]
+        return [
+            command,
+            *args,
+            "--master",
+            self.address,
+            "--authkey-file",
+            str(self.key),
+            *tls_args(self.client_tls),
+        ]
 
     def background_client(self, command: str, *args: str) -> subprocess.Popen[str]:
         """A CLI client (submit, smoke) left running while the test breaks things."""
@@ -198,6 +229,16 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def tls_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster on mutual TLS (certificates from a CA made for the test)."""
+    c = Cluster(tmp_path, tls=True)
     try:
         yield c
     finally:

@@ -168,6 +168,7 @@ def test_every_reply_is_plain_data_and_the_stub_rebuilds_the_shapes(master: Mast
             "n_items": 5,
             "n_chunks": 1,
             "code_version": f"taskfleet {__version__}",
+            "result_types": [],
         }
         _, leases2, stop = stub.exchange("w2", "hostB", [], 1, 0.0, [ChunkId("ji", 0)])
         assert stop == [ChunkId("ji", 0)], "a cancelled job's chunk is to be stopped"

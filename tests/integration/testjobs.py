@@ -6,6 +6,9 @@ import os
 import sys
 import threading
 import time
+from decimal import Decimal
+
+from taskfleet.jobs import result_types
 
 
 def slow_square(n: int) -> int:
@@ -18,6 +21,17 @@ def explode(n: int) -> int:
     if n == 7:
         raise ValueError("seven is not allowed")
     return n
+
+
+@result_types(Decimal)
+def decimal_half(n: int) -> Decimal:
+    """Results of a declared type: the client decodes them."""
+    return Decimal(n) / 2
+
+
+def undeclared_decimal(n: int) -> Decimal:
+    """Results of a type the job does not declare: refused."""
+    return Decimal(n)
 
 
 def hang(n: int) -> int:

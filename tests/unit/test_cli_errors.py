@@ -191,6 +191,40 @@ def test_healthcheck_worker_stale_file(capsys: pytest.CaptureFixture[str], tmp_p
 
 
 @pytest.mark.parametrize(
+    "argv",
+    [
+        ["master"],
+        ["worker"],
+        ["submit", "squares", "--range", "3"],
+        ["smoke", "--count", "3"],
+        ["status"],
+        ["healthcheck", "master"],
+        ["jobs"],
+        ["job", "abc"],
+        ["results", "abc"],
+        ["cancel", "abc"],
+    ],
+)
+def test_every_command_that_connects_takes_the_tls_files(argv: list[str]) -> None:
+    from taskfleet.cli import build_parser
+
+    args = build_parser().parse_args([*argv, "--tls-ca", "a", "--tls-cert", "b", "--tls-key", "c"])
+    assert (args.tls_ca, args.tls_cert, args.tls_key) == ("a", "b", "c")
+
+
+def test_some_tls_files_without_the_others_is_one_line(
+    capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    assert run(
+        capsys, "status", "--master", "127.0.0.1:1", "--authkey-file", key, "--tls-key", "k"
+    ) == (
+        2,
+        "taskfleet: error: --tls-key given without --tls-ca and --tls-cert — pass all three of"
+        " --tls-ca, --tls-cert and --tls-key (or none, for a plaintext cluster)",
+    )
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (

@@ -75,6 +75,22 @@ def test_entry_point_jobs_resolve_by_name(tmp_path: Path, monkeypatch: pytest.Mo
     assert jobs.resolve("factorial_ep")(4) == 24
 
 
+def test_a_job_declares_its_result_types_by_class_or_name() -> None:
+    from decimal import Decimal
+
+    from taskfleet.jobs import declared_result_types, result_types
+
+    @result_types(Decimal, "fractions:Fraction")
+    def f(n: int) -> Decimal:
+        return Decimal(n)
+
+    assert f.taskfleet_result_types == ("decimal:Decimal", "fractions:Fraction")  # type: ignore[attr-defined]
+    assert declared_result_types("squares") == []
+    assert declared_result_types("tests.integration.testjobs:decimal_half") == ["decimal:Decimal"]
+    with pytest.raises(ValueError):
+        result_types("decimal.Decimal")
+
+
 def test_installed_job_packages_and_code_versions_name_the_distributions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,3 +198,33 @@ def test_a_chunk_run_in_pieces_reads_back_as_one_list() -> None:
     results = jobs.decode_results(jobs.join_blobs(parts))
     assert results[:2] == [1, 2] and results[3] == 4 and isinstance(results[2], ItemError)
     assert jobs.join_blobs(parts[:1]) == parts[0]
+
+
+def test_a_result_of_an_undeclared_class_fails_its_item_with_how_to_declare_it() -> None:
+    name = f"{TESTJOBS}:undeclared_decimal"
+    jobs._checked.discard(name)
+    results, failed, failures = run(name, ("range", 0, 3))
+    assert failed == 3 and all(isinstance(r, ItemError) for r in results)
+    assert (failures[0].kind, failures[0].type) == (
+        "unpicklable",
+        "taskfleet.safepickle.UnsafePickle",
+    )
+    assert failures[0].message.endswith(
+        "declare it with @taskfleet.jobs.result_types(Decimal) on the job function"
+    )
+    assert name not in jobs._checked, "a refused job is checked again on its next chunk"
+
+
+def test_declared_results_pass_the_check_once_and_decode_only_with_the_declaration() -> None:
+    from decimal import Decimal
+
+    from taskfleet import safepickle
+
+    name = f"{TESTJOBS}:decimal_half"
+    jobs._checked.discard(name)
+    blob, failed, _ = jobs.run_segment(name, ("range", 0, 3), 0, 3, stop_on_error=False)
+    assert failed == 0 and name in jobs._checked
+    declared = safepickle.results_allowlist(["decimal:Decimal"])
+    assert jobs.decode_results(blob, declared) == [Decimal(0), Decimal("0.5"), Decimal(1)]
+    with pytest.raises(safepickle.UnsafePickle, match="decimal:Decimal"):
+        jobs.decode_results(blob)

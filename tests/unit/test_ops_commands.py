@@ -34,6 +34,35 @@ def test_master_status_names_the_authkey_by_its_path_in_the_container() -> None:
     )
 
 
+TLS = [
+    "--tls-ca",
+    "/run/secrets/taskfleet_tls/ca.crt",
+    "--tls-cert",
+    "/run/secrets/taskfleet_tls/host.crt",
+    "--tls-key",
+    "/run/secrets/taskfleet_tls/host.key",
+]
+
+
+def test_with_tls_the_commands_pass_the_master_containers_own_files() -> None:
+    files = (
+        " --tls-ca /run/secrets/taskfleet_tls/ca.crt --tls-cert /run/secrets/taskfleet_tls/host.crt"
+        " --tls-key /run/secrets/taskfleet_tls/host.key"
+    )
+    assert cmd.sh(ROOT.master_status("10.0.0.1:7451", TLS)) == (
+        "docker exec taskfleet-master taskfleet status --master 10.0.0.1:7451"
+        f" --authkey-file /run/secrets/taskfleet_authkey{files} --json"
+    )
+    assert cmd.sh(ROOT.smoke("10.0.0.1:7451", 50, [], 9, TLS)) == (
+        "docker exec taskfleet-master taskfleet smoke --master 10.0.0.1:7451"
+        f" --authkey-file /run/secrets/taskfleet_authkey{files} --count 50 --timeout 9 --json"
+    )
+    assert cmd.sh(ROOT.submit("10.0.0.1:7451", "squares", 7, tls=TLS)) == (
+        "docker exec taskfleet-master taskfleet submit squares --range 7 --master 10.0.0.1:7451"
+        f" --authkey-file /run/secrets/taskfleet_authkey{files} --no-wait --json"
+    )
+
+
 def test_smoke_expects_every_worker_host() -> None:
     assert cmd.sh(ROOT.smoke("10.0.0.1:7451", 5000, ["w1", "w2"], 120)) == (
         "docker exec taskfleet-master taskfleet smoke --master 10.0.0.1:7451"

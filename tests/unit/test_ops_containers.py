@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from taskfleet.ops.containers import master_address, parse_containers, workers_of
+from taskfleet.ops.containers import master_address, master_tls, parse_containers, workers_of
 from taskfleet.ops.inventory import Host, Inventory
 
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -109,3 +109,17 @@ def test_master_address_falls_back_to_the_inventory() -> None:
         NOW,
     )
     assert master_address(inventory(), wildcard) == "172.28.40.10:7451"
+
+
+def test_the_masters_tls_files_are_read_from_its_arguments() -> None:
+    tls = ["--tls-ca", "/t/ca.crt", "--tls-cert", "/t/host.crt", "--tls-key", "/t/host.key"]
+    for args, expected in [
+        (["master", "--bind", "10.0.0.1", *tls], tls),
+        (["master", "--bind", "10.0.0.1"], []),
+        (["master", "--tls-ca", "/t/ca.crt"], []),  # not all three: none
+    ]:
+        containers = parse_containers(
+            json.dumps([inspect_item("taskfleet-master", "master", cmd=args)]), NOW
+        )
+        assert master_tls(containers) == expected
+    assert master_tls([]) == []

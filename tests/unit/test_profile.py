@@ -10,6 +10,7 @@ import pytest
 from taskfleet import profile
 from taskfleet.cli import main
 from taskfleet.errors import UsageError
+from taskfleet.tls import TLSConfig
 
 
 def write(path: Path, data: object) -> str:
@@ -85,3 +86,54 @@ def test_cli_reads_the_profile_and_a_flag_overrides_it(
     monkeypatch.setenv("TASKFLEET_PROFILE", p)
     assert main(["status", "--master", "bad"]) == 2
     assert "malformed --master 'bad'" in capsys.readouterr().err
+
+
+TLS = {"ca": "tls/ca.crt", "cert": "tls/client.crt", "key": "tls/client.key"}
+
+
+def test_the_profile_names_the_tls_files_relative_to_its_folder(tmp_path: Path) -> None:
+    p = write(
+        tmp_path / "client.json", {"master": "10.0.0.1:7451", "authkey_file": "k", "tls": TLS}
+    )
+    target = profile.resolve(profile=p, env={})
+    assert target.tls == TLSConfig(
+        str(tmp_path / "tls/ca.crt"),
+        str(tmp_path / "tls/client.crt"),
+        str(tmp_path / "tls/client.key"),
+    )
+    # an option wins for its own file only
+    target = profile.resolve(profile=p, env={}, tls_cert="/other.crt")
+    assert target.tls is not None
+    assert (target.tls.ca, target.tls.cert) == (str(tmp_path / "tls/ca.crt"), "/other.crt")
+    # the environment fills in what the options leave out
+    env = {"TASKFLEET_TLS_CA": "/e/ca", "TASKFLEET_TLS_CERT": "/e/c", "TASKFLEET_TLS_KEY": "/e/k"}
+    target = profile.resolve("h:1", "/k", None, env, tls_key="/o/k")
+    assert target.tls == TLSConfig("/e/ca", "/e/c", "/o/k")
+    assert profile.resolve("h:1", "/k", None, {}).tls is None  # plaintext
+
+
+def test_some_tls_files_without_the_others_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as err:
+        profile.resolve("h:1", "/k", None, {}, tls_cert="/c", tls_key="/k")
+    assert str(err.value) == (
+        "--tls-cert, --tls-key given without --tls-ca — pass all three of --tls-ca,"
+        " --tls-cert and --tls-key (or none, for a plaintext cluster)"
+    )
+    with pytest.raises(UsageError, match=r"^--tls-ca given without --tls-cert and --tls-key"):
+        profile.resolve_tls(None, None, None, {"TASKFLEET_TLS_CA": "/ca"})
+    assert profile.resolve_tls(None, None, None, {}) is None
+
+
+@pytest.mark.parametrize(
+    ("tls", "problem"),
+    [
+        ("tls/", ': tls: should be an object {"ca": …, "cert": …, "key": …}'),
+        ({"ca": "a", "cert": "b"}, ": tls.key: should be a path"),
+        ({"ca": "", "cert": "b", "key": "c"}, ": tls.ca: should be a path"),
+    ],
+)
+def test_a_malformed_tls_section_names_the_field(tmp_path: Path, tls: object, problem: str) -> None:
+    p = write(tmp_path / "client.json", {"master": "h:1", "tls": tls})
+    with pytest.raises(profile.ProfileError) as err:
+        profile.load(p)
+    assert str(err.value).startswith(f"profile {p}{problem} — point --profile")

@@ -21,6 +21,7 @@ ROLES = [
     "docker_engine",
     "firewall",
     "authkey",
+    "tls",
     "images",
     "master",
     "profile",
@@ -42,6 +43,9 @@ SHARED = {
     "taskfleet_master_port",
     "taskfleet_authkey_path",
     "taskfleet_images_manifest",
+    "taskfleet_tls",
+    "taskfleet_tls_dir",
+    "taskfleet_tls_local_dir",
     "taskfleet_authkey_local_path",
 }
 # Names an issue gave (a contract, docs/jobs.md): kept as written, without the role prefix.
@@ -141,7 +145,7 @@ def test_commands_declare_changed_when_and_registers_are_dunder(role: str) -> No
             assert task["register"].startswith(f"__taskfleet_{role}_"), where
         modules = [k for k in task if "." in k]
         for module in modules:
-            assert re.fullmatch(r"[a-z_]+\.[a-z_]+\.[a-z_]+", module), f"{where}: {module}"
+            assert re.fullmatch(r"[a-z_]+\.[a-z_]+\.[a-z0-9_]+", module), f"{where}: {module}"
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -150,6 +154,21 @@ def test_templates_mirror_their_destination_and_say_managed(role: str) -> None:
         rel = template.relative_to(ROLES_DIR / role / "templates")
         assert rel.parts[0] in {"etc", "usr", "var", "opt"}, rel
         assert template.read_text().startswith("{{ ansible_managed | comment }}"), rel
+
+
+# Modules that read or write a private key (or its content) without printing it.
+_HARMLESS = {"ansible.builtin.stat", "ansible.builtin.file", "ansible.builtin.assert"}
+
+
+def test_every_tls_task_that_touches_a_private_key_has_no_log() -> None:
+    for path, task in _tasks("tls"):
+        text = yaml.safe_dump(task)
+        if "block" in task or any(k.endswith(("import_tasks", "include_tasks")) for k in task):
+            continue
+        if any(module in task for module in _HARMLESS):
+            continue
+        if "privatekey" in text or "_key" in text:
+            assert task.get("no_log") is True, f"{path.name}: {task.get('name')}"
 
 
 @pytest.mark.parametrize("role", ["authkey"])

@@ -7,7 +7,9 @@ for :func:`taskfleet.ops.ssh.run`, and is pinned by unit tests on the exact
 text, the way Kamal's ``commands/`` are.
 
 The authkey is only ever named by its path inside the master container
-(``/run/secrets/taskfleet_authkey``): it never appears on a command line.
+(``/run/secrets/taskfleet_authkey``): it never appears on a command line. With
+TLS, the commands run in the master container pass its own TLS files
+(``tls``: the ``--tls-*`` arguments of the master itself, paths only).
 """
 
 from __future__ import annotations
@@ -90,18 +92,26 @@ class HostCommands:
         """Run the taskfleet CLI inside the master container (which holds the authkey file)."""
         return [*self.docker(), "exec", MASTER_CONTAINER, "taskfleet", *args]
 
-    def master_status(self, master: str) -> list[str]:
+    def master_status(self, master: str, tls: Sequence[str] = ()) -> list[str]:
         return self.master_exec(
-            ["status", "--master", master, "--authkey-file", AUTHKEY_IN_CONTAINER, "--json"]
+            ["status", "--master", master, "--authkey-file", AUTHKEY_IN_CONTAINER, *tls, "--json"]
         )
 
-    def smoke(self, master: str, count: int, hosts: Sequence[str], timeout: float) -> list[str]:
+    def smoke(
+        self,
+        master: str,
+        count: int,
+        hosts: Sequence[str],
+        timeout: float,
+        tls: Sequence[str] = (),
+    ) -> list[str]:
         args = [
             "smoke",
             "--master",
             master,
             "--authkey-file",
             AUTHKEY_IN_CONTAINER,
+            *tls,
             "--count",
             str(count),
         ]
@@ -111,7 +121,13 @@ class HostCommands:
         return self.master_exec(args)
 
     def submit(
-        self, master: str, job: str, count: int, chunk_size: int | None = None, wait: bool = False
+        self,
+        master: str,
+        job: str,
+        count: int,
+        chunk_size: int | None = None,
+        wait: bool = False,
+        tls: Sequence[str] = (),
     ) -> list[str]:
         args = [
             "submit",
@@ -122,6 +138,7 @@ class HostCommands:
             master,
             "--authkey-file",
             AUTHKEY_IN_CONTAINER,
+            *tls,
         ]
         if chunk_size:
             args += ["--chunk-size", str(chunk_size)]

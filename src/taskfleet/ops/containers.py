@@ -113,3 +113,21 @@ def master_address(inv: Inventory, containers: Sequence[Container]) -> str:
                 bind = inv.master_bind
             return f"{bind}:{port or inv.master_port}"
     return f"{inv.master_bind}:{inv.master_port}"
+
+
+TLS_FLAGS = ("--tls-ca", "--tls-cert", "--tls-key")
+
+
+def master_tls(containers: Sequence[Container]) -> list[str]:
+    """The master's own ``--tls-*`` arguments (container paths), for the commands run in
+    its container; [] when it runs without TLS."""
+    for c in containers:
+        if c.role == "master":
+            args = []
+            for flag in TLS_FLAGS:
+                value = _arg(c.args, flag)
+                if value is None:
+                    return []
+                args += [flag, value]
+            return args
+    return []

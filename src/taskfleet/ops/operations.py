@@ -29,7 +29,13 @@ from taskfleet.ops.commands import (
     worker_index,
     worker_name,
 )
-from taskfleet.ops.containers import Container, master_address, parse_containers, workers_of
+from taskfleet.ops.containers import (
+    Container,
+    master_address,
+    master_tls,
+    parse_containers,
+    workers_of,
+)
 from taskfleet.ops.errors import HostError, OpsError, print_error
 from taskfleet.ops.inventory import Host, Inventory, make_setting
 from taskfleet.ops.ssh import HostResult, PrefixWriter, connect, explain, run, run_on_hosts, run_one
@@ -63,10 +69,12 @@ def _last_json(text: str) -> dict[str, Any]:
 
 
 def query_master(
-    conn: Connection, inv: Inventory, address: str, timeout: float = 30
+    conn: Connection, inv: Inventory, address: str, timeout: float = 30, tls: Sequence[str] = ()
 ) -> dict[str, Any]:
     """The master's own view (``taskfleet status --json`` run inside its container)."""
-    return _last_json(run(conn, HostCommands(inv.master).master_status(address), timeout=timeout))
+    return _last_json(
+        run(conn, HostCommands(inv.master).master_status(address, tls), timeout=timeout)
+    )
 
 
 def fresh_workers(status: Mapping[str, Any], max_age: float, host: str | None = None) -> int:
@@ -141,7 +149,9 @@ def collect_status(inv: Inventory) -> dict[str, Any]:
         if host.name == inv.master.name:
             view["master_address"] = master_address(inv, containers)
             try:
-                view["master"] = query_master(conn, inv, view["master_address"])
+                view["master"] = query_master(
+                    conn, inv, view["master_address"], tls=master_tls(containers)
+                )
             except Exception as exc:  # reported as the master's view error
                 view["master_error"] = explain(host, exc)
         return view
@@ -439,11 +449,13 @@ class _MasterProbe:
     def __init__(self, inv: Inventory) -> None:
         self.inv = inv
         self.conn = connect(inv.master)
-        self.address = master_address(inv, list_containers(self.conn, inv.master))
+        containers = list_containers(self.conn, inv.master)
+        self.address = master_address(inv, containers)
+        self.tls = master_tls(containers)
 
     def status(self) -> dict[str, Any] | None:
         try:
-            return query_master(self.conn, self.inv, self.address, timeout=15)
+            return query_master(self.conn, self.inv, self.address, timeout=15, tls=self.tls)
         except Exception:  # "not answering yet" is an expected state while polling
             return None
 
@@ -531,8 +543,10 @@ def smoke(inv: Inventory, count: int = 10_000, timeout: float = 300, as_json: bo
         raise OpsError(f"smoke: --count must be at least 1, got {count}")
 
     def one(conn: Connection, host: Host) -> dict[str, Any]:
-        address = master_address(inv, list_containers(conn, host))
-        argv = HostCommands(host).smoke(address, count, [w.name for w in inv.workers], timeout)
+        containers = list_containers(conn, host)
+        address = master_address(inv, containers)
+        workers = [w.name for w in inv.workers]
+        argv = HostCommands(host).smoke(address, count, workers, timeout, master_tls(containers))
         result = conn.run(sh(argv), hide=True, in_stream=False, warn=True, timeout=timeout + 30)
         try:
             report = _last_json(result.stdout)
