@@ -15,8 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from taskfleet import __version__, authkey, defaults, log, profile
-from taskfleet.address import parse_port
+from taskfleet import __version__, authkey, defaults, health, log, profile
+from taskfleet.address import parse_hostport, parse_port
 from taskfleet.errors import TaskfleetError, UsageError
 
 
@@ -128,9 +128,12 @@ def cmd_master(args: argparse.Namespace) -> int:
     from taskfleet.master import Master
 
     port = parse_port(args.port)
+    http = parse_hostport(args.http, "--http") if args.http else None
     key = _key(args)
     log.setup()
-    master = Master(args.bind, port, key, args.journal, args.lease_timeout, log.get("master"))
+    master = Master(
+        args.bind, port, key, args.journal, args.lease_timeout, log.get("master"), http=http
+    )
     master.start()
     master.serve_forever()
     return 0
@@ -285,13 +288,40 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``status`` exit codes: the verdict.
+STATUS_HEALTHY, STATUS_DEGRADED, STATUS_UNREACHABLE = 0, 1, 2
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    st = _client(args).status()
+    """Print the master's view and its health verdict; exit 0 healthy, 1 degraded, 2 when
+    the master cannot be reached (or answers nothing usable)."""
+    client = _client(args)  # bad input (address, key file) stays a usage error
+    try:
+        st = client.status()
+    except TaskfleetError as exc:
+        if args.json:
+            _emit(
+                {"healthy": False, "problems": [f"master unreachable: {exc.what}"], "master": None}
+            )
+        exc.exit_code = STATUS_UNREACHABLE
+        raise
+    doc = health.verdict(st, args.expect_workers or 0)
+    code = STATUS_HEALTHY if doc["healthy"] else STATUS_DEGRADED
     if args.json:
-        _emit(st)
-        return 0
+        _emit(doc)
+        return code
     m = st["master"]
-    print(f"master {m['address']} up {m['uptime_s']:.0f}s")
+    journal, proc = m.get("journal"), m.get("process")
+    extra = ""
+    if journal and proc:
+        extra = f", memory {_mib(proc['rss_bytes'])}, journal {_mib(journal['bytes'])}"
+    if m.get("http"):
+        extra += f", dashboard http://{m['http']}/"
+    print(f"master {m['address']} up {m['uptime_s']:.0f}s{extra}")
     print(f"workers ({len(st['workers'])}):")
     for w in st["workers"]:
         print(
@@ -307,7 +337,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             f" items {j['items_done']}/{j['items_total']} "
             f"chunks pending {c['pending']} leased {c['leased']} done {c['done']}"
         )
-    return 0
+    if doc["healthy"]:
+        print("healthy")
+    else:
+        print(f"degraded: {len(doc['problems'])} problem(s)")
+        for problem in doc["problems"]:
+            print(f"  problem: {problem}")
+    return code
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -371,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.LEASE_TIMEOUT,
         metavar="S",
         help=f"a worker silent this long loses its leases (default {defaults.LEASE_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="also serve read-only HTTP there: the dashboard, /metrics, /healthz, /api/status"
+        f" (default: off; deployments use the bind address and port {defaults.HTTP_PORT})",
     )
     p.set_defaults(func=cmd_master)
 
@@ -442,10 +484,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     p.set_defaults(func=cmd_smoke)
 
-    p = sub.add_parser("status", help="workers and jobs as the master sees them")
+    p = sub.add_parser(
+        "status",
+        help="workers, jobs and the health verdict (exit 0 healthy, 1 degraded, 2 unreachable)",
+    )
     _add_master_opts(p)
     _add_client_opts(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--expect-workers",
+        type=_positive_int,
+        metavar="K",
+        help="fewer than K connected workers is a problem",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object, with 'healthy' and 'problems'"
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("healthcheck", help="exit 0 when the master answers / the worker heartbeats")

@@ -138,6 +138,18 @@ class TaskfleetServer(managers.Server):
         # instead of an error from a half-closed master.
         self._conns: set[Connection] = set()
         self._conns_lock = threading.Lock()
+        self._refused = 0  # connections refused before or during the handshake (metrics)
+
+    def _refuse(self, peer: str, reason: str) -> None:
+        """Count a refused connection and log it (the one place refusals go through)."""
+        with self._conns_lock:
+            self._refused += 1
+        self._log.warning("refused %s: %s", peer, reason)
+
+    def refused_handshakes(self) -> int:
+        """Connections refused so far (too many unauthenticated, wrong key, no valid handshake)."""
+        with self._conns_lock:
+            return self._refused
 
     def start(self) -> None:
         """Publish the board under its fixed identity and start accepting."""
@@ -185,7 +197,7 @@ class TaskfleetServer(managers.Server):
                 continue
             peer = format_hostport(str(addr[0]), int(addr[1]))
             if not self._unauth.acquire(blocking=False):
-                self._log.warning("refused %s: too many unauthenticated connections", peer)
+                self._refuse(peer, "too many unauthenticated connections")
                 sock.close()
                 continue
             try:
@@ -214,10 +226,10 @@ class TaskfleetServer(managers.Server):
                 request = conn.recv()
                 _, funcname, args, kwds = request
             except AuthenticationError:
-                self._log.warning("refused %s: wrong authkey", peer)
+                self._refuse(peer, "wrong authkey")
                 return
             except Exception as exc:  # garbage, timeout, half-open: drop it quietly
-                self._log.warning("refused %s: no valid handshake (%s)", peer, _short(exc))
+                self._refuse(peer, f"no valid handshake ({_short(exc)})")
                 return
             finally:
                 self._unauth.release()
