@@ -18,12 +18,15 @@ def inspect_item(
     health: str | None = "healthy",
     started: str = "2025-01-01T11:58:30.250000000Z",
     cmd: list[str] | None = None,
+    restarts: int = 0,
+    exit_code: int = 0,
 ) -> dict[str, object]:
-    state: dict[str, object] = {"Status": status, "StartedAt": started}
+    state: dict[str, object] = {"Status": status, "StartedAt": started, "ExitCode": exit_code}
     if health:
         state["Health"] = {"Status": health}
     return {
         "Name": f"/{name}",
+        "RestartCount": restarts,
         "State": state,
         "Config": {
             "Image": f"registry.local:5000/taskfleet-{role}:abc123",
@@ -109,3 +112,17 @@ def test_master_address_falls_back_to_the_inventory() -> None:
         NOW,
     )
     assert master_address(inventory(), wildcard) == "172.28.40.10:7451"
+
+
+def test_restart_counts_and_the_exit_code_of_a_stopped_container_are_read() -> None:
+    crashed, looping = parse_containers(
+        json.dumps(
+            [
+                inspect_item("taskfleet-worker-1", "worker", "exited", None, exit_code=137),
+                inspect_item("taskfleet-worker-2", "worker", restarts=4, exit_code=3),
+            ]
+        ),
+        NOW,
+    )
+    assert (crashed.state, crashed.exit_code, crashed.restart_count) == ("exited", 137, 0)
+    assert (looping.state, looping.exit_code, looping.restart_count) == ("running", None, 4)
