@@ -128,7 +128,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     from taskfleet.master import Master
 
     port = parse_port(args.port)
-    http = parse_hostport(args.http, "--http") if args.http else None
+    example = f"10.0.0.1:{defaults.HTTP_PORT}"
+    http = parse_hostport(args.http, "--http", example) if args.http else None
     key = _key(args)
     log.setup()
     master = Master(

@@ -215,7 +215,7 @@ class WebServer:
         self._deadline = request_deadline
         self._write_timeout = write_timeout
         self._max_bytes = max_request_bytes
-        self._queue: queue.Queue[tuple[socket.socket, str, bytes] | None] = queue.Queue(
+        self._queue: queue.Queue[tuple[socket.socket, str, bytes]] = queue.Queue(
             maxsize=threads * 4
         )
         self._stop = threading.Event()
@@ -243,13 +243,10 @@ class WebServer:
             self._wake_w.send(b"x")
         except OSError:
             pass
-        for _ in range(self._threads):
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                break
         for t in self._workers:
             t.join(timeout=5)
+        while not self._queue.empty():  # requests read but never answered
+            self._queue.get_nowait()[0].close()
         self._listener.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -355,13 +352,11 @@ class WebServer:
     # -- answering (the pool)
 
     def _answer_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None or self._stop.is_set():
-                if item is not None:
-                    item[0].close()
-                return
-            sock, peer, head = item
+        while not self._stop.is_set():
+            try:
+                sock, peer, head = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
             try:
                 self._answer(sock, head)
             except Exception as exc:  # one bad request must not kill a pool thread

@@ -51,9 +51,7 @@ def fab(lab: Lab, *args: str, timeout: float = 600) -> subprocess.CompletedProce
     )
 
 
-def inner(
-    lab: Lab, host: str, *argv: str, timeout: float = 120, ok: tuple[int, ...] = (0,)
-) -> str:
+def inner(lab: Lab, host: str, *argv: str, timeout: float = 120, ok: tuple[int, ...] = (0,)) -> str:
     """Run a command in a lab host's own engine namespace (not through Fabric); its exit
     status must be one of ``ok``."""
     result = subprocess.run(

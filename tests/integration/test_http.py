@@ -389,3 +389,42 @@ def test_a_slowloris_on_the_http_port_does_not_slow_a_running_job(
     # machine (the best of two against the worst quiet one).
     assert min(attacked) <= max(quiet) * 1.15, (quiet, attacked)
     assert http.get("/healthz")[0] == 200
+
+
+def test_a_busy_http_port_is_one_line_and_leaves_the_manager_port_free(cluster: Cluster) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = cluster.run(
+            "master",
+            *("--port", str(cluster.port), "--authkey-file", str(cluster.key)),
+            *("--http", f"127.0.0.1:{port}"),
+        )
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"taskfleet: error: port {port} on 127.0.0.1 is already in use — stop what listens there"
+        f" (ss -ltnp 'sport = :{port}') or choose another --http port\n"
+    )
+    with socket.socket() as s:  # the manager port was bound first, then let go
+        s.bind(("127.0.0.1", cluster.port))
+    bad = cluster.run("master", "--authkey-file", str(cluster.key), "--http", "nowhere")
+    assert bad.returncode == 2
+    assert bad.stderr == (
+        "taskfleet: error: malformed --http 'nowhere' — use HOST:PORT, e.g. --http 10.0.0.1:7452\n"
+    )
+
+
+def test_a_master_serving_http_stops_cleanly_on_sigterm(cluster: Cluster) -> None:
+    http = start(cluster)
+    cluster.worker("w1")
+    held = socket.create_connection(("127.0.0.1", http.port), timeout=5)  # an idle client
+    try:
+        master = cluster.procs[0]
+        master.signal(signal.SIGTERM)
+        assert master.popen.wait(timeout=20) == 0
+        assert "master stopped" in master.text()
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", http.port)) != 0
+    finally:
+        held.close()

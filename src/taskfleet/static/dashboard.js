@@ -142,6 +142,7 @@ function drawJobs(doc) {
   const jobs = [...doc.jobs].reverse().sort((a, b) => order(a) - order(b)).slice(0, 12);
   for (const j of jobs) {
     const tr = el("tr");
+    tr.dataset.job = j.id;
     const name = el("td");
     name.append(el("div", "jobname", j.job), el("div", "jobid", j.id));
     const state = el("td");
