@@ -187,7 +187,8 @@ function drawHosts(doc) {
     const card = el("div", "host" + (states.includes("bad") ? " bad" : states.includes("warn") ? " warn" : ""));
     const rate = workers.reduce((a, w) => a + (doc.worker_rates[w.name] || 0), 0);
     const head = el("div", "host-head");
-    head.append(el("span", "host-name", host), el("span", "host-rate", `${workers.filter((w) => !w.lost).length} workers · ${count(rate)} items/s`));
+    const live = workers.filter((w) => !w.lost).length;
+    head.append(el("span", "host-name", host), el("span", "host-rate", `${live} worker${live === 1 ? "" : "s"} · ${count(rate)} items/s`));
     card.append(head);
     for (const w of workers) {
       const row = el("div", "worker" + (w.lost ? " lost" : ""));
