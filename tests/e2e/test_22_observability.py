@@ -96,13 +96,17 @@ def expected_workers(lab: Lab) -> int:
 
 @pytest.fixture(scope="module")
 def healthy(cluster: Lab) -> Lab:
-    """The deployed lab once ``make status`` calls it healthy (earlier tests may have left
-    workers reconnecting)."""
+    """The deployed lab once ``make status`` and the master's ``/healthz`` call it healthy
+    (earlier tests may have left workers reconnecting)."""
     wait_for(
-        "make status to call the lab healthy",
-        lambda: make(cluster, "status", "JSON=1").returncode == 0,
+        "make status and /healthz to call the lab healthy",
+        lambda: (
+            make(cluster, "status", "JSON=1").returncode == 0
+            and get(url(cluster, "/healthz"))[0] == 200
+        ),
         timeout=180,
         interval=3,
+        detail=lambda: make(cluster, "status", "JSON=1").stdout[-3000:],
     )
     return cluster
 

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -375,19 +376,25 @@ def test_a_slowloris_on_the_http_port_does_not_slow_a_running_job(
 ) -> None:
     cluster, http = loris_cluster
     timed_job(cluster)  # warm-up: pools started, first chunks leased
-    quiet = [timed_job(cluster) for _ in range(2)]
-    with Slowloris(http.port) as attack:
-        time.sleep(1)
-        attacked = [timed_job(cluster) for _ in range(2)]
-    assert attack.opened > 200, "the attack reconnected: the server kept closing its sockets"
+    # Interleaved, so a change in the machine's load hits both sides alike.
+    quiet: list[float] = []
+    attacked: list[float] = []
+    opened = 0
+    for _ in range(3):
+        quiet.append(timed_job(cluster))
+        with Slowloris(http.port) as attack:
+            time.sleep(1)
+            attacked.append(timed_job(cluster))
+        opened += attack.opened
+    assert opened > 3 * 200, "the attack reconnected: the server kept closing its sockets"
     m = http.metrics()
     assert m['taskfleet_http_connections_dropped_total{reason="timeout"}'] > 0
     assert m['taskfleet_http_connections_dropped_total{reason="too_many"}'] > 0
     assert m["taskfleet_process_threads"] < 40, "the attack cost threads"
     print(f"job seconds: quiet {quiet}, under a slowloris {attacked}")
     # Same run, same job: the attack must not cost the job more than the noise of a shared
-    # machine (the best of two against the worst quiet one).
-    assert min(attacked) <= max(quiet) * 1.15, (quiet, attacked)
+    # machine (medians of three).
+    assert statistics.median(attacked) <= statistics.median(quiet) * 1.15, (quiet, attacked)
     assert http.get("/healthz")[0] == 200
 
 
