@@ -29,6 +29,10 @@ STAMP := $(VENV)/.taskfleet-lock-$(shell sha256sum requirements/dev.lock pyproje
 export ANSIBLE_CONFIG := $(CURDIR)/deploy/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
+# The end-to-end tier runs on a lab of its own (tests/e2e/conftest.py: e2e, 172.28.20.0/24),
+# so `make test` never touches the lab `make demo` made, unless a lab is named on purpose
+# (LAB= on the command line or in the environment, or an exported TASKFLEET_LAB).
+E2E_LAB_ENV := $(if $(or $(filter-out file undefined,$(origin LAB)),$(TASKFLEET_LAB)),,env -u TASKFLEET_LAB -u TASKFLEET_LAB_SUBNET -u TASKFLEET_LAB_INVENTORY)
 # The lab: LAB from the command line, else an exported TASKFLEET_LAB, else local.
 ifeq ($(origin LAB),file)
 LAB := $(or $(TASKFLEET_LAB),$(LAB))
@@ -94,7 +98,7 @@ test: setup-host venv ## Every tier, one pytest run each: unit, integration, lin
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 	$(BIN)/pytest tests/lint --run-lint $(PYTEST_ARGS)
 	$(BIN)/pytest tests/containers --run-containers $(PYTEST_ARGS)
-	$(BIN)/pytest tests/e2e --run-e2e $(PYTEST_ARGS)
+	$(E2E_LAB_ENV) $(BIN)/pytest tests/e2e --run-e2e $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: venv ## The unit tier only (seconds; no processes, no Docker).

@@ -10,7 +10,10 @@ figures come from this one run on this machine, on loopback:
                 shape: one worker per host, one process per core), squares
                 over range(N) submitted and streamed back by a client;
   (c) Pool.map — multiprocessing.Pool(2).map on the same machine: the
-                one-machine ceiling.
+                one-machine ceiling;
+  (d) Client.map — the Python API, results in input order, against the
+                smoke job (completion order) at the same chunk size on the
+                same cluster: ordered reading must keep >= 0.9x of it.
 
 Then: a chunk-size sweep (a Nagle/delayed-ACK cliff would show as a collapse
 at sizes whose messages exceed 16 KB), and the master's peak RSS while it
@@ -37,7 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from taskfleet import authkey  # noqa: E402
+from taskfleet import authkey, smoke  # noqa: E402
 from taskfleet.client import Client  # noqa: E402
 from taskfleet.jobs import squares  # noqa: E402
 
@@ -182,14 +185,30 @@ class Cluster:
 
     def run(self, n: int, chunk: int) -> float:
         t0 = time.perf_counter()
-        spec = self.client.submit("squares", n=n, chunk_size=chunk)
+        job = self.client.submit("squares", range(n), chunk_size=chunk)
         count = 0
         last = None
-        for r in self.client.results(spec, timeout=600):
+        for r in job.chunks(ordered=False, timeout=600):
             count += len(r.results)
             last = r
         seconds = time.perf_counter() - t0
         assert count == n and last is not None and last.results[-1] == last.items[-1] ** 2
+        return n / seconds
+
+    def smoke(self, n: int, chunk: int) -> float:
+        """The smoke job's items/s (every result checked, completion order)."""
+        report = smoke.run(self.client, n, chunk_size=chunk, timeout=600)
+        assert report.ok and report.items_per_s, report.errors
+        return float(report.items_per_s)
+
+    def map_ordered(self, n: int, chunk: int) -> float:
+        """Client.map over range(n), results in input order, every one checked the way
+        the smoke job checks its chunks (and strict: exactly n results)."""
+        t0 = time.perf_counter()
+        results = self.client.map("squares", range(n), chunk_size=chunk)
+        wrong = sum(1 for x, r in zip(range(n), results, strict=True) if r != x * x)
+        seconds = time.perf_counter() - t0
+        assert wrong == 0
         return n / seconds
 
     def peak_rss_mb(self) -> float:
@@ -221,9 +240,9 @@ def bench_memory(tmp: Path, n: int, seconds: float) -> dict[str, Any]:
     cluster = Cluster(tmp)
     try:
         before = cluster.peak_rss_mb()
-        spec = cluster.client.submit("squares", n=n, chunk_size=1000)
+        job = cluster.client.submit("squares", range(n), chunk_size=1000)
         time.sleep(seconds)
-        st = cluster.client.job(spec.id)[1]
+        st = job.info()
         return {
             "items": n,
             "rss_idle_mb": round(before, 1),
@@ -273,6 +292,21 @@ def main() -> int:
                 f"   {tf:,.0f} items/s (best of {len(runs)}:"
                 f" {', '.join(f'{r:,.0f}' for r in runs)})"
             )
+            print(
+                f"== Client.map ordered vs the smoke job, {args.items} items, chunk {args.chunk}"
+                " (best of 3 each, alternating)",
+                flush=True,
+            )
+            smokes, maps = [], []
+            for _ in range(3):
+                smokes.append(cluster.smoke(args.items, args.chunk))
+                maps.append(cluster.map_ordered(args.items, args.chunk))
+            smoke_rate, map_rate = max(smokes), max(maps)
+            print(
+                f"   smoke {smoke_rate:,.0f} items/s, Client.map ordered {map_rate:,.0f} items/s:"
+                f" {map_rate / smoke_rate:.2f}x",
+                flush=True,
+            )
             sweep: dict[int, float] = {}
             print("== chunk-size sweep (taskfleet, same cluster)", flush=True)
             for chunk in (100, 1000, 5000, 10_000, 50_000):
@@ -298,8 +332,12 @@ def main() -> int:
         vs_pool=round(tf / pool, 2),
         sweep={str(k): round(v) for k, v in sweep.items()},
         memory=mem,
+        smoke_items_per_s=round(smoke_rate),
+        map_ordered_items_per_s=round(map_rate),
+        map_vs_smoke=round(map_rate / smoke_rate, 2),
     )
     ok_seed, ok_pool, ok_mem = tf >= 100 * seed, tf >= 0.3 * pool, mem["peak_rss_mb"] < 200
+    ok_map = map_rate >= 0.9 * smoke_rate
     print()
     print("| design (squares, loopback, 2 cores) | items/s | vs seed | vs Pool.map |")
     print("| --- | ---: | ---: | ---: |")
@@ -318,6 +356,14 @@ def main() -> int:
         f" | {pool / seed:,.0f}x | 1x |"
     )
     print()
+    print(f"| reader (squares, same cluster, chunk {args.chunk:,}) | items/s | vs smoke |")
+    print("| --- | ---: | ---: |")
+    print(f"| smoke job (completion order, every result checked) | {smoke_rate:,.0f} | 1x |")
+    print(
+        f"| Client.map, input order (every result checked) | {map_rate:,.0f}"
+        f" | {map_rate / smoke_rate:.2f}x |"
+    )
+    print()
     print("| chunk size | " + " | ".join(f"{c:,}" for c in sweep) + " |")
     print("| --- | " + " | ".join("---:" for _ in sweep) + " |")
     print("| items/s | " + " | ".join(f"{v:,.0f}" for v in sweep.values()) + " |")
@@ -328,11 +374,12 @@ def main() -> int:
     )
     print(
         f"Targets: >= 100x seed: {'met' if ok_seed else 'MISSED'}; >= 0.3x Pool.map: "
-        f"{'met' if ok_pool else 'MISSED'}; RSS < 200 MB: {'met' if ok_mem else 'MISSED'}."
+        f"{'met' if ok_pool else 'MISSED'}; RSS < 200 MB: {'met' if ok_mem else 'MISSED'};"
+        f" Client.map ordered >= 0.9x smoke: {'met' if ok_map else 'MISSED'}."
     )
     if args.json:
         print(json.dumps(figures))
-    return 0 if (ok_seed and ok_pool and ok_mem) else 1
+    return 0 if (ok_seed and ok_pool and ok_mem and ok_map) else 1
 
 
 if __name__ == "__main__":

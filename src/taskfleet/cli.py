@@ -9,15 +9,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from taskfleet import __version__, authkey, defaults, health, log, profile
 from taskfleet.address import parse_hostport, parse_port
-from taskfleet.errors import TaskfleetError, UsageError
+from taskfleet.errors import (
+    ItemError,
+    ItemsFailed,
+    JobCancelled,
+    JobFailed,
+    TaskfleetError,
+    UsageError,
+)
+from taskfleet.protocol import JobState, JobView, OnError
+
+if TYPE_CHECKING:
+    from taskfleet.client import Client, Job
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,14 +39,23 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, f"see '{self.prog} --help'")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _positive_float(text: str) -> float:
@@ -45,6 +66,27 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
     return value
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``30m``, ``12h``, ``7d`` or ``2w``; raise ValueError."""
+    m = _DURATION.match(str(text).strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a duration")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (use e.g. 90s, 30m, 12h, 7d; 0 for no limit)"
+        ) from None
 
 
 # -- shared option helpers ----------------------------------------------------------
@@ -98,7 +140,7 @@ def _key(args: argparse.Namespace) -> bytes:
     return authkey.load(args.authkey_file or "")
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace) -> Client:
     from taskfleet.client import Client
 
     target = _target(args)
@@ -107,7 +149,7 @@ def _client(args: argparse.Namespace) -> Any:
     )
 
 
-def _emit(obj: dict[str, Any]) -> None:
+def _emit(obj: Mapping[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, sort_keys=False) + "\n")
     sys.stdout.flush()
 
@@ -133,7 +175,15 @@ def cmd_master(args: argparse.Namespace) -> int:
     key = _key(args)
     log.setup()
     master = Master(
-        args.bind, port, key, args.journal, args.lease_timeout, log.get("master"), http=http
+        args.bind,
+        port,
+        key,
+        args.journal,
+        args.lease_timeout,
+        log.get("master"),
+        keep_jobs=args.keep_jobs,
+        keep_for=args.keep_for,
+        http=http,
     )
     master.start()
     master.serve_forever()
@@ -199,61 +249,278 @@ def _read_items(path: str) -> list[Any]:
     return items
 
 
+class _ProgressLine:
+    """``done/total items, items/s, ETA`` on stderr, rewritten in place; only on a terminal."""
+
+    def __init__(self, job_id: str, stream: TextIO, *, enabled: bool = True) -> None:
+        self.job_id = job_id
+        self.stream = stream
+        self.enabled = enabled and stream.isatty()
+        self.t0 = time.monotonic()
+        self.shown = False
+
+    def update(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(1e-6, time.monotonic() - self.t0)
+        rate = done / elapsed
+        eta = f"{(total - done) / rate:.0f}s" if rate > 0 and done < total else "-"
+        pct = 100.0 * done / max(1, total)
+        self.stream.write(
+            f"\r\x1b[Kjob {self.job_id}: {done}/{total} items ({pct:.1f}%),"
+            f" {rate:,.0f} items/s, ETA {eta}"
+        )
+        self.stream.flush()
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
+
+
+def _wait(job: Job, timeout: float | None, progress: _ProgressLine) -> str:
+    """Wait until the job finishes, updating the progress line; return its state."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    step = defaults.PROGRESS_INTERVAL if progress.enabled else defaults.MAX_FETCH_WAIT
+    try:
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            try:
+                return job.wait(step if left is None else max(0.0, min(step, left)))
+            except TimeoutError:
+                if left is not None and left <= step:
+                    raise
+            done, total, _ = job.progress()
+            progress.update(done, total)
+    finally:
+        progress.end()
+
+
+def _error_json(e: ItemError) -> dict[str, Any]:
+    return {"index": e.index, "item": e.item, "kind": e.kind, "type": e.type, "message": e.message}
+
+
+def _print_results(
+    job: Job, as_json: bool, out: TextIO, timeout: float | None, progress: _ProgressLine
+) -> tuple[int, int]:
+    """Stream the job's results in input order; return (results printed, items failed).
+
+    Text: ``item<TAB>result`` lines (a failed item has no line). JSON: one line per
+    chunk, ``null`` in a failed item's place and an ``errors`` list.
+    Raises JobFailed/JobCancelled at the first result that will never come.
+    """
+    count = failed = 0
+    total = job.spec.n_items
+    try:
+        for chunk in job.chunks(ordered=True, timeout=timeout):
+            if as_json:
+                line: dict[str, Any] = {
+                    "chunk": chunk.index,
+                    "items": list(chunk.items),
+                    "results": chunk.results,
+                }
+                if chunk.failed:
+                    errs = [r for r in chunk.results if isinstance(r, ItemError)]
+                    line["results"] = [
+                        None if isinstance(r, ItemError) else r for r in chunk.results
+                    ]
+                    line["errors"] = [_error_json(e) for e in errs]
+                out.write(json.dumps(line) + "\n")
+                count += len(chunk.results) - chunk.failed
+            else:
+                for item, result in zip(chunk.items, chunk.results, strict=False):
+                    if isinstance(result, ItemError):
+                        continue
+                    out.write(f"{item}\t{result}\n")
+                    count += 1
+            failed += chunk.failed
+            progress.update(chunk.index * job.spec.chunk_size + len(chunk.items), total)
+    finally:
+        progress.end()
+    out.flush()
+    return count, failed
+
+
+def _finish(
+    job: Job, args: argparse.Namespace, t0: float, count: int, failed: int, view: JobView
+) -> int:
+    """The summary line (--json) and the exit code: 0 every item succeeded, 3 some items
+    failed (on_error=skip), 1 the job failed or was cancelled."""
+    seconds = time.monotonic() - t0
+    state = view["state"]
+    failed = max(failed, view.get("items_failed", 0))
+    if args.json:
+        _emit(
+            {
+                "job_id": job.id,
+                "job": job.name,
+                "state": state,
+                "items": view["items_total"],
+                "results": count,
+                "failed": failed,
+                # chunks the stream received twice (by design none: results are read
+                # by chunk index); the master's own count is in `taskfleet job`
+                "duplicates": job.duplicates,
+                "seconds": round(seconds, 3),
+                "items_per_s": round(count / seconds, 1) if seconds > 0 else None,
+            }
+        )
+    if state == JobState.FAILED:
+        raise job.failure(view)
+    if state == JobState.CANCELLED:
+        raise JobCancelled(
+            f"job {job.id} was cancelled ({view['items_done']}/{view['items_total']} items done)",
+            "submit it again to run it",
+        )
+    if failed:
+        raise ItemsFailed(
+            f"job {job.id}: {failed} of {view['items_total']} items failed",
+            f"taskfleet job {job.id} lists them with their tracebacks",
+        )
+    if not args.json:
+        print(f"job {job.id} done: {count} results in {seconds:.2f}s", file=sys.stderr)
+    return 0
+
+
+def _not_finished(job: Job, exc: TimeoutError) -> TaskfleetError:
+    return TaskfleetError(
+        f"job {job.id} not finished: {exc}",
+        f"it keeps running on the master; follow it with taskfleet job {job.id}",
+    )
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    items = _read_items(args.items_file) if args.items_file else None
+    items: Any = _read_items(args.items_file) if args.items_file else range(args.range)
     client = _client(args)
     t0 = time.monotonic()
-    spec = client.submit(args.job, n=args.range, items=items, chunk_size=args.chunk_size)
+    job = client.submit(
+        args.job,
+        items,
+        chunk_size=args.chunk_size,
+        retries=args.retries,
+        on_error=args.on_error,
+        item_timeout=args.item_timeout,
+    )
+    spec = job.spec
     if args.no_wait:
         if args.json:
             _emit(
-                {"job_id": spec.id, "job": spec.job, "items": spec.n_items, "chunks": spec.n_chunks}
+                {"job_id": job.id, "job": spec.job, "items": spec.n_items, "chunks": spec.n_chunks}
             )
         else:
-            print(spec.id)
+            print(job.id)
         return 0
     print(
-        f"job {spec.id}: {spec.job} over {spec.n_items} items in {spec.n_chunks} chunks",
+        f"job {job.id}: {spec.job} over {spec.n_items} items in {spec.n_chunks} chunks",
         file=sys.stderr,
     )
-    out = sys.stdout
-    count = 0
+    progress = _ProgressLine(job.id, sys.stderr)
+    count = failed = 0
     try:
-        for chunk in client.results(spec, timeout=args.timeout):
-            count += len(chunk.results)
-            if args.json:
-                out.write(
-                    json.dumps(
-                        {"chunk": chunk.index, "items": list(chunk.items), "results": chunk.results}
-                    )
-                    + "\n"
-                )
-            else:
-                out.writelines(
-                    f"{item}\t{result}\n"
-                    for item, result in zip(chunk.items, chunk.results, strict=False)
-                )
+        if args.partial:
+            try:
+                count, failed = _print_results(job, args.json, sys.stdout, args.timeout, progress)
+            except (JobFailed, JobCancelled):
+                pass  # the summary and the error line follow
+        else:
+            # Nothing is printed of a job that then fails: wait, then read the results.
+            state = _wait(job, args.timeout, progress)
+            if state == JobState.DONE:
+                quiet = _ProgressLine(job.id, sys.stderr, enabled=False)
+                count, failed = _print_results(job, args.json, sys.stdout, None, quiet)
     except TimeoutError as exc:
-        raise TaskfleetError(
-            f"job {spec.id} not finished: {exc}",
-            "it keeps running on the master; follow it with taskfleet status",
-        ) from None
-    seconds = time.monotonic() - t0
-    summary = {
-        "job_id": spec.id,
-        "job": spec.job,
-        "state": "done",
-        "items": spec.n_items,
-        "results": count,
-        "duplicates": client.duplicates,
-        "seconds": round(seconds, 3),
-        "items_per_s": round(count / seconds, 1) if seconds > 0 else None,
-    }
+        raise _not_finished(job, exc) from None
+    return _finish(job, args, t0, count, failed, job.info())
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    client = _client(args)
+    t0 = time.monotonic()
+    job = client.job(args.job_id)
+    count = failed = 0
+    try:
+        count, failed = _print_results(
+            job, args.json, sys.stdout, args.timeout, _ProgressLine(job.id, sys.stderr)
+        )
+    except (JobFailed, JobCancelled):
+        pass
+    except TimeoutError as exc:
+        raise _not_finished(job, exc) from None
+    return _finish(job, args, t0, count, failed, job.info())
+
+
+def _age(when: float | None) -> str:
+    if when is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    listed = _client(args).board.jobs(args.limit)
     if args.json:
-        _emit(summary)
-    else:
-        out.flush()
-        print(f"job {spec.id} done: {count} results in {seconds:.2f}s", file=sys.stderr)
+        _emit(listed)
+        return 0
+    jobs = listed["jobs"]
+    print(f"{'ID':<14} {'JOB':<24} {'STATE':<10} {'ITEMS DONE/TOTAL':>21} {'FAILED':>7}  SUBMITTED")
+    for j in jobs:
+        done = f"{j['items_done']}/{j['items_total']}"
+        print(
+            f"{j['id']:<14} {j['job'][:24]:<24} {j['state']:<10} {done:>21}"
+            f" {j.get('items_failed', 0):>7}  {_age(j.get('created'))}"
+        )
+    if listed["total"] > len(jobs):
+        print(
+            f"({len(jobs)} newest of {listed['total']} jobs; --limit N lists more)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    client = _client(args)
+    board = client.board
+    _, view = board.job(args.job_id)
+    errors = board.errors(args.job_id, defaults.MAX_JOB_ERRORS)
+    if args.json:
+        _emit({**view, "errors": errors})
+        return 0
+    c = view["chunks"]
+    timeout = view.get("item_timeout")
+    print(f"job {view['id']}: {view['job']}")
+    print(f"  state      {view['state']}" + (f" — {view['error']}" if view.get("error") else ""))
+    print(
+        f"  items      {view['items_done']}/{view['items_total']} done,"
+        f" {view.get('items_failed', 0)} failed"
+        f" (chunks: {c['pending']} pending, {c['leased']} running, {c['done']} done)"
+    )
+    print(
+        f"  options    retries {view.get('retries')}, on error {view.get('on_error')},"
+        f" item timeout {f'{timeout:g}s' if timeout else 'none'}"
+    )
+    print(f"  submitted  {_age(view.get('created'))}")
+    print(f"  finished   {_age(view.get('finished'))}")
+    print(f"  errors     {len(errors)}")
+    for e in errors:
+        what = f"{e['type']}: {e['message']}" if e["type"] else e["message"]
+        retried = "" if e["final"] else ", retried"
+        print(
+            f"\n  item {e['index']} ({e['item']}) — {e['kind']}, chunk {e['chunk']},"
+            f" attempt {e['attempt']}{retried}, worker {e['worker']} on {e['host']}"
+        )
+        print(f"    {what}")
+        for line in e["traceback"].rstrip().splitlines():
+            print(f"    | {line}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = _client(args).job(args.job_id)
+    if not job.cancel():
+        raise TaskfleetError(f"job {job.id} already finished ({job.state})", "nothing to cancel")
+    view = job.info()
+    print(f"job {job.id} cancelled ({view['items_done']}/{view['items_total']} items were done)")
     return 0
 
 
@@ -334,10 +601,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     for j in st["jobs"]:
         c = j["chunks"]
         print(
-            f"  {j['id']} {j['job']:<12} {j['state']:<8}"
+            f"  {j['id']} {j['job']:<12} {j['state']:<9}"
             f" items {j['items_done']}/{j['items_total']} "
             f"chunks pending {c['pending']} leased {c['leased']} done {c['done']}"
         )
+    if doc.get("jobs_not_listed"):
+        print(f"  … and {doc['jobs_not_listed']} older finished jobs (taskfleet jobs lists them)")
     if doc["healthy"]:
         print("healthy")
     else:
@@ -415,6 +684,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve read-only HTTP there: the dashboard, /metrics, /healthz, /api/status"
         f" (default: off; deployments use the bind address and port {defaults.HTTP_PORT})",
     )
+    p.add_argument(
+        "--keep-jobs",
+        type=_non_negative_int,
+        default=defaults.KEEP_JOBS,
+        metavar="N",
+        help="finished jobs kept with their results; older ones are pruned"
+        f" (default {defaults.KEEP_JOBS}; 0: no limit)",
+    )
+    p.add_argument(
+        "--keep-for",
+        type=_duration,
+        default=defaults.KEEP_FOR,
+        metavar="DURATION",
+        help="prune a finished job this long after it finished, e.g. 12h, 7d"
+        " (default 7d; 0: no limit)",
+    )
     p.set_defaults(func=cmd_master)
 
     p = sub.add_parser("worker", help="run chunks leased from the master")
@@ -449,12 +734,72 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="C",
         help=f"items per chunk (default {defaults.CHUNK_SIZE})",
     )
+    p.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=defaults.RETRIES,
+        metavar="N",
+        help=f"times a failed chunk runs again, on another worker when one is connected"
+        f" (default {defaults.RETRIES})",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=[e.value for e in OnError],
+        default=defaults.ON_ERROR,
+        help="after the retries: fail the job, or skip the failed items and go on"
+        f" (default {defaults.ON_ERROR})",
+    )
+    p.add_argument(
+        "--item-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="an item running longer than S seconds fails (its pool process is replaced)",
+    )
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="print results as they arrive, even of a job that then fails"
+        " (default: only once the job is done)",
+    )
     p.add_argument(
         "--timeout", type=_positive_float, metavar="S", help="stop waiting after S seconds"
     )
     p.add_argument("--json", action="store_true", help="JSON lines: one per chunk, then a summary")
     p.set_defaults(func=cmd_submit)
+
+    def client_command(name: str, help_: str, func: Any, *, job_id: bool = True) -> Any:
+        """A subcommand that talks to the master (about one job: ``JOB_ID`` first)."""
+        cp = sub.add_parser(name, help=help_)
+        if job_id:
+            cp.add_argument("job_id", metavar="JOB_ID")
+        _add_master_opts(cp)
+        _add_client_opts(cp)
+        cp.set_defaults(func=func)
+        return cp
+
+    p = client_command("jobs", "the newest jobs first", cmd_jobs, job_id=False)
+    p.add_argument(
+        "--limit",
+        type=_non_negative_int,
+        default=defaults.JOBS_LIMIT,
+        metavar="N",
+        help=f"list at most N jobs (default {defaults.JOBS_LIMIT})",
+    )
+    p.add_argument("--json", action="store_true", help='one JSON object: {"jobs": […], "total"}')
+
+    p = client_command("job", "one job: state, progress, errors with their tracebacks", cmd_job)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+    p = client_command(
+        "results", "a job's results in input order (also once it finished)", cmd_results
+    )
+    p.add_argument(
+        "--timeout", type=_positive_float, metavar="S", help="stop waiting after S seconds"
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines: one per chunk, then a summary")
+
+    client_command("cancel", "cancel a pending or running job", cmd_cancel)
 
     p = sub.add_parser("smoke", help="squares over range(N), every result checked")
     _add_master_opts(p)

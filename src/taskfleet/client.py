@@ -1,48 +1,129 @@
-"""Client API: submit jobs, stream their results, read the master's status.
+"""The Python API: :class:`Client` (a connection to the master) and :class:`Job` (one job).
 
-``Client.results`` resumes from the last journal sequence number it saw, so
-a client waiting on a job survives a master restart (it reconnects with
-backoff) and still receives every chunk exactly once.
+``taskfleet.connect()`` (:mod:`taskfleet.api`) makes a Client from options, a
+profile or the environment; ``docs/api.md`` is the user's guide.
+
+Results are read from the master's journal, so a reader can start, stop and
+start again at any time, from any process, until retention prunes the job:
+
+* in input order (:meth:`Job.results`, ``Client.map``): fetched *by chunk
+  index* — the reader asks for chunk k, k+1, … and holds one reply at a time,
+  so memory stays bounded however slow one chunk is and however many items
+  the job has;
+* in completion order (``ordered=False``): fetched by the journal's sequence
+  number, resumed from the last one seen.
+
+Both survive a master restart (the session reconnects with backoff, the
+stream resumes where it was) and deliver every chunk exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
 import os
-import pickle
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from taskfleet import defaults
 from taskfleet.board import JobSpec
-from taskfleet.errors import JobFailed, MasterUnreachable
+from taskfleet.errors import (
+    BadJobArguments,
+    ItemError,
+    JobCancelled,
+    JobFailed,
+    MasterUnreachable,
+    TaskfleetError,
+)
+from taskfleet.jobs import decode_results
 from taskfleet.manager import Session
-from taskfleet.protocol import BoardStub, JobState, JobView, PingReply, Role, StatusView
+from taskfleet.protocol import (
+    BoardStub,
+    ErrorView,
+    JobOptions,
+    JobState,
+    JobView,
+    OnError,
+    PingReply,
+    ResultRow,
+    Role,
+    StatusView,
+)
 
-# Items per fetch reply: about 200 chunks of the default size.
-FETCH_MAX_ITEMS = 200_000
-# A submit of many items is one message the master validates and journals whole.
 SUBMIT_ITEMS_TIMEOUT = 120.0
+"""A submit of many items is one message the master validates and journals whole."""
 
 
 @dataclass
 class ChunkResult:
+    """One chunk of a job's results, with its items and who computed them."""
+
     index: int
     worker: str
     host: str
     items: Sequence[Any]
     results: list[Any]
+    failed: int = 0  # results that are ItemError (on_error="skip")
+
+
+class Progress(NamedTuple):
+    """How far a job is: items done (failed ones included) of ``total``; ``failed``
+    items failed for good (skipped ones, or those of the chunk that failed the job)."""
+
+    done: int
+    total: int
+    failed: int
+
+
+def _options(retries: int, on_error: str, item_timeout: float | None) -> JobOptions:
+    """Check the failure options here too, so bad ones fail before anything is sent."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise BadJobArguments(f"bad retries {retries!r}", "use a whole number >= 0")
+    if on_error not in {e.value for e in OnError}:
+        raise BadJobArguments(f"bad on_error {on_error!r}", "use 'fail' or 'skip'")
+    if item_timeout is not None and not (
+        isinstance(item_timeout, int | float) and not isinstance(item_timeout, bool)
+    ):
+        raise BadJobArguments(f"bad item_timeout {item_timeout!r}", "give seconds, or None")
+    return JobOptions(
+        retries=retries,
+        on_error=on_error,
+        item_timeout=None if item_timeout is None else float(item_timeout),
+    )
+
+
+def _item_error(view: ErrorView) -> ItemError:
+    return ItemError(
+        index=view["index"],
+        item=view["item"],
+        kind=view["kind"],
+        type=view["type"],
+        message=view["message"],
+        traceback=view["traceback"],
+        worker=view["worker"],
+        host=view["host"],
+        chunk=view["chunk"],
+        attempt=view["attempt"],
+        final=view["final"],
+    )
 
 
 class Client:
-    """A connection to the master for submitting and waiting.
+    """A connection to the master: submit jobs, follow them, read the cluster's status.
 
     The first connection must succeed within ``connect_timeout`` seconds
     (MasterUnreachable otherwise); later, a lost master is waited for up to
-    ``reconnect_for`` seconds (a restart) before giving up.
+    ``reconnect_for`` seconds (a restart) before giving up. A context manager:
+    ``with taskfleet.connect() as client: …`` closes the connection at the end.
+    Calls from several threads are serialized (one connection); use one Client
+    per thread to wait on several jobs at once. ``client.board`` is the typed
+    wire itself (:class:`taskfleet.protocol.BoardStub`), for tools.
     """
 
     def __init__(
@@ -64,89 +145,404 @@ class Client:
             on_connect=self._hello,
         )
         self._reconnect_for = reconnect_for
-        self._board = BoardStub(self)
-        self.duplicates = 0
+        self._lock = threading.Lock()
+        self.board = BoardStub(self)
 
     def _hello(self, session: Session) -> None:
         BoardStub(session.once).hello(Role.CLIENT, self.name)
 
     @property
     def where(self) -> str:
+        """The master's address, HOST:PORT."""
         return self._session.where
+
+    @property
+    def call_timeout(self) -> float:
+        return self._session.timeout
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """One call through the session; once connected, a lost master is waited for longer."""
-        result = self._session.call(method, *args, timeout=timeout)
-        self._session.give_up = self._reconnect_for
-        return result
+        with self._lock:
+            result = self._session.call(method, *args, timeout=timeout)
+            self._session.give_up = self._reconnect_for
+            return result
 
     def close(self) -> None:
-        self._session.close()
+        """Close the connection (a later call opens a new one)."""
+        with self._lock:
+            self._session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def ping(self) -> PingReply:
-        return self._board.ping()
+        return self.board.ping()
 
     def status(self) -> StatusView:
-        return self._board.status()
+        """The master's view: workers, running and recent jobs (``taskfleet status --json``)."""
+        return self.board.status()
+
+    # -- jobs ------------------------------------------------------------------------------
 
     def submit(
         self,
         job: str,
+        items: Iterable[Any],
         *,
-        n: int | None = None,
-        items: Sequence[Any] | None = None,
-        chunk_size: int = defaults.CHUNK_SIZE,
-    ) -> JobSpec:
-        """Submit ``job`` over range(n) or ``items``; return its spec (with the id).
+        chunk_size: int | None = None,
+        retries: int = defaults.RETRIES,
+        on_error: str = defaults.ON_ERROR,
+        item_timeout: float | None = None,
+    ) -> Job:
+        """Submit ``job`` over ``items`` and return its :class:`Job` at once.
 
-        The id is made here, so retrying after a lost reply cannot create the
-        job twice.
+        ``job`` names a function (``squares``, ``package.module:function`` or a
+        ``taskfleet.jobs`` entry point); ``items`` is a ``range`` (sent as a
+        range, never expanded) or any iterable (sent as a list). A failed
+        chunk runs again up to ``retries`` times, then ``on_error`` decides:
+        ``"fail"`` fails the job, ``"skip"`` keeps going and puts an
+        :class:`~taskfleet.errors.ItemError` in each failed item's place.
+        ``item_timeout`` (seconds) cuts an item that runs longer.
+
+        Raises UnknownJob or BadJobArguments (refused by the master; nothing
+        was created), MasterUnreachable.
         """
+        size = defaults.CHUNK_SIZE if chunk_size is None else chunk_size
+        opts = _options(retries, on_error, item_timeout)
+        # The id is made here, so a retried submit after a lost reply cannot create
+        # the job twice.
         job_id = secrets.token_hex(6)
-        if items is not None:
+        if isinstance(items, range):
+            self.board.submit(job_id, job, size, items.start, items.stop, None, items.step, opts)
+            spec = JobSpec(
+                job_id,
+                job,
+                size,
+                items.start,
+                items.stop,
+                None,
+                time.time(),
+                items.step,
+                opts["retries"],
+                opts["on_error"],
+                opts["item_timeout"],
+            )
+        else:
             listed = list(items)
-            self._board.submit(job_id, job, chunk_size, items=listed, timeout=SUBMIT_ITEMS_TIMEOUT)
-            return JobSpec(job_id, job, chunk_size, items=listed)
-        self._board.submit(job_id, job, chunk_size, 0, int(n or 0))
-        return JobSpec(job_id, job, chunk_size, 0, int(n or 0))
+            self.board.submit(
+                job_id, job, size, 0, 0, listed, 1, opts, timeout=SUBMIT_ITEMS_TIMEOUT
+            )
+            spec = JobSpec(
+                job_id,
+                job,
+                size,
+                items=listed,
+                created=time.time(),
+                retries=opts["retries"],
+                on_error=opts["on_error"],
+                item_timeout=opts["item_timeout"],
+            )
+        return Job(self, job_id, spec=spec)
 
-    def job(self, job_id: str) -> tuple[JobSpec, JobView]:
-        spec, view = self._board.job(job_id)
-        return JobSpec.from_wire(spec), view
+    def map(
+        self,
+        job: str,
+        items: Iterable[Any],
+        *,
+        chunk_size: int | None = None,
+        ordered: bool = True,
+        retries: int = defaults.RETRIES,
+        on_error: str = defaults.ON_ERROR,
+        item_timeout: float | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Run ``job`` over ``items`` on the cluster; iterate over the results.
 
-    def results(self, spec: JobSpec, timeout: float | None = None) -> Iterator[ChunkResult]:
-        """Yield each chunk's results once, in completion order, until the job is done.
+        Submits at once (the arguments of :meth:`submit`) and returns an
+        iterator: results in input order (``ordered=False``: as chunks
+        complete), one reply of the master in memory at a time. Leaving the
+        loop early (``break``, an exception) cancels the job. Raises JobFailed
+        when the job fails, JobCancelled, TimeoutError after ``timeout`` seconds.
+        """
+        handle = self.submit(
+            job,
+            items,
+            chunk_size=chunk_size,
+            retries=retries,
+            on_error=on_error,
+            item_timeout=item_timeout,
+        )
+        return handle._iterate(ordered, timeout, cancel_on_exit=True)
 
-        Raises JobFailed if a job function failed, MasterUnreachable when the
-        master stays away, TimeoutError after ``timeout`` seconds.
+    def job(self, job_id: str) -> Job:
+        """The job ``job_id`` (from any process, while the master keeps it).
+
+        Raises JobNotFound when the master has no such job (or pruned it).
+        """
+        spec, view = self.board.job(job_id)
+        return Job(self, job_id, spec=JobSpec.from_wire(spec), view=view)
+
+    def jobs(self, limit: int = defaults.JOBS_LIMIT) -> list[Job]:
+        """The newest ``limit`` jobs, newest first."""
+        return [Job(self, v["id"], view=v) for v in self.board.jobs(limit)["jobs"]]
+
+
+class Job:
+    """A handle on one job. Cheap: it holds the job's id; every question asks the master.
+
+    ``state``, :meth:`progress`, :meth:`wait`, :meth:`results` …  work the same
+    from the process that submitted the job and from any other one
+    (``client.job(job_id)``).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        job_id: str,
+        *,
+        spec: JobSpec | None = None,
+        view: JobView | None = None,
+    ) -> None:
+        self._client = client
+        self.id = job_id
+        self._spec = spec
+        self._view = view
+        #: chunks a completion-order stream saw twice and dropped
+        self.duplicates = 0
+
+    def __repr__(self) -> str:
+        state = self._view["state"] if self._view else "?"
+        return f"<Job {self.id} {self.name} {state}>"
+
+    @property
+    def spec(self) -> JobSpec:
+        """What was submitted (asked once)."""
+        if self._spec is None:
+            self._spec = JobSpec.from_wire(self._client.board.job(self.id)[0])
+        return self._spec
+
+    @property
+    def name(self) -> str:
+        """The job's function name, e.g. ``squares``."""
+        if self._spec is not None:
+            return self._spec.job
+        if self._view is not None:
+            return self._view["job"]
+        return self.spec.job
+
+    def info(self) -> JobView:
+        """The master's view of the job now (the ``taskfleet job --json`` document's base)."""
+        self._view = self._client.board.job(self.id)[1]
+        return self._view
+
+    @property
+    def state(self) -> str:
+        """``"pending" | "running" | "done" | "failed" | "cancelled"``, now."""
+        return self.info()["state"]
+
+    def done(self) -> bool:
+        """True once the job is done, failed or cancelled."""
+        return JobState(self.state).finished
+
+    def progress(self) -> Progress:
+        """Items done (failed ones included), the total, and items failed, now."""
+        view = self.info()
+        return Progress(view["items_done"], view["items_total"], view.get("items_failed", 0))
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the job has finished; return its final state.
+
+        Raises TimeoutError when it is still running after ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = defaults.MAX_FETCH_WAIT
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            view = self._client.board.wait(self.id, wait, timeout=self._client.call_timeout + wait)
+            self._view = view
+            if JobState(view["state"]).finished:
+                return view["state"]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {self.id} still {view['state']} after {timeout:g}s"
+                    f" ({view['items_done']}/{view['items_total']} items)"
+                )
+
+    def cancel(self) -> bool:
+        """Cancel the job: nothing more is handed out, workers stop its chunks, later
+        results are dropped. True when it is cancelled now; False when it had already
+        finished (done or failed)."""
+        self._view = self._client.board.cancel(self.id)
+        return self._view["state"] == JobState.CANCELLED
+
+    def errors(self, limit: int = defaults.MAX_JOB_ERRORS) -> list[ItemError]:
+        """The job's item failures with their remote tracebacks, oldest first.
+
+        Every failed attempt is listed (``final=False``: the chunk ran again
+        afterwards); at most ``defaults.MAX_JOB_ERRORS`` are kept per job.
+        """
+        return [_item_error(v) for v in self._client.board.errors(self.id, limit)]
+
+    def results(self, timeout: float | None = None) -> Iterator[Any]:
+        """The results in input order, as they become available (also after the job
+        finished). With ``on_error="skip"`` a failed item's result is an
+        :class:`~taskfleet.errors.ItemError`.
+
+        Raises JobFailed (with the failure that decided it) or JobCancelled at
+        the first result that will never come, TimeoutError after ``timeout``
+        seconds.
+        """
+        return self._iterate(True, timeout, cancel_on_exit=False)
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        """Every result in input order, as a list (see :meth:`results`)."""
+        return list(self.results(timeout))
+
+    def _iterate(
+        self, ordered: bool, timeout: float | None, *, cancel_on_exit: bool
+    ) -> Iterator[Any]:
+        # Items flow through C (chain over each chunk's list); Python runs once per chunk.
+        return itertools.chain.from_iterable(
+            self._result_lists(ordered, timeout, cancel_on_exit=cancel_on_exit)
+        )
+
+    def _result_lists(
+        self, ordered: bool, timeout: float | None, *, cancel_on_exit: bool
+    ) -> Iterator[list[Any]]:
+        finished = False
+        try:
+            for chunk in self.chunks(ordered=ordered, timeout=timeout):
+                yield chunk.results
+            finished = True
+        finally:
+            if cancel_on_exit and not finished:
+                # The caller left early (or the stream failed): do not keep the fleet busy.
+                # Best effort: this may run while the iterator is garbage-collected.
+                with contextlib.suppress(Exception):
+                    self._client.board.cancel(self.id)
+
+    def chunks(
+        self, *, ordered: bool = True, timeout: float | None = None
+    ) -> Iterator[ChunkResult]:
+        """The results chunk by chunk, with their items and the worker and host that
+        computed them; in input order, or (``ordered=False``) as they complete."""
+        if ordered:
+            return self._ordered_chunks(timeout)
+        return self._completed_chunks(timeout)
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def _deadline_wait(self, deadline: float | None, done: int, total: int) -> float:
+        wait = defaults.FETCH_WAIT
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"job {self.id}: {done}/{total} chunks received in time")
+            wait = min(wait, left)
+        return wait
+
+    def _decode(self, row: ResultRow) -> ChunkResult:
+        spec = self.spec
+        try:
+            results = decode_results(row.blob)
+        except Exception as exc:
+            raise TaskfleetError(
+                f"cannot read the results of chunk {row.chunk} of job {self.id}:"
+                f" {type(exc).__name__}: {exc}",
+                "install the job's package where you read results (its result types"
+                " must be importable here)",
+            ) from None
+        if row.failed:
+            offset = row.chunk * spec.chunk_size
+            results = [
+                dataclasses.replace(r, index=offset + r.index, chunk=row.chunk)
+                if isinstance(r, ItemError)
+                else r
+                for r in results
+            ]
+        return ChunkResult(
+            row.chunk, row.worker, row.host, spec.chunk_items(row.chunk), results, row.failed
+        )
+
+    def _ended(self, view: JobView) -> None:
+        """Raise when the job failed or was cancelled: the rest will never come."""
+        self._view = view
+        if view["state"] == JobState.FAILED:
+            raise self.failure(view)
+        if view["state"] == JobState.CANCELLED:
+            raise JobCancelled(
+                f"job {self.id} was cancelled ({view['items_done']}/{view['items_total']}"
+                " items were done)",
+                "submit it again to run it",
+            )
+
+    def failure(self, view: JobView | None = None) -> JobFailed:
+        """The JobFailed for this (failed) job, with the failure that decided it."""
+        view = view or self.info()
+        error: ItemError | None = None
+        try:
+            finals = [e for e in self.errors() if e.final]
+            error = finals[0] if finals else None
+        except TaskfleetError:
+            pass
+        return JobFailed(
+            f"job {self.id} failed: {view.get('error', 'a chunk failed')}",
+            f"see the traceback with: taskfleet job {self.id}",
+            error,
+        )
+
+    def _ordered_chunks(self, timeout: float | None) -> Iterator[ChunkResult]:
+        spec = self.spec
+        deadline = None if timeout is None else time.monotonic() + timeout
+        board = self._client.board
+        following = 0
+        while following < spec.n_chunks:
+            wait = self._deadline_wait(deadline, following, spec.n_chunks)
+            rows, view = board.fetch_ordered(
+                self.id,
+                following,
+                defaults.FETCH_MAX_ITEMS,
+                wait,
+                timeout=self._client.call_timeout + wait,
+            )
+            for row in rows:
+                if row.chunk != following:  # the master returns a gap-free run
+                    break
+                following += 1
+                yield self._decode(row)
+            if not rows:
+                self._ended(view)
+
+    def _completed_chunks(self, timeout: float | None) -> Iterator[ChunkResult]:
+        spec = self.spec
+        deadline = None if timeout is None else time.monotonic() + timeout
+        board = self._client.board
         seen = bytearray(spec.n_chunks)
         received = 0
         after = 0
         while received < spec.n_chunks:
-            wait = defaults.FETCH_WAIT
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{received}/{spec.n_chunks} chunks after {timeout:g}s")
-                wait = min(wait, left)
-            rows, state = self._board.fetch(
-                spec.id, after, FETCH_MAX_ITEMS, wait, timeout=self._session.timeout + wait
+            wait = self._deadline_wait(deadline, received, spec.n_chunks)
+            rows, view = board.fetch(
+                self.id,
+                after,
+                defaults.FETCH_MAX_ITEMS,
+                wait,
+                timeout=self._client.call_timeout + wait,
             )
-            for seq, index, worker, host, blob in rows:
-                after = max(after, seq)
-                if seen[index]:
+            for row in rows:
+                after = max(after, row.seq)
+                if seen[row.chunk]:
                     self.duplicates += 1
                     continue
-                seen[index] = 1
+                seen[row.chunk] = 1
                 received += 1
-                yield ChunkResult(index, worker, host, spec.chunk_items(index), pickle.loads(blob))
-            if state["state"] == JobState.FAILED:
-                raise JobFailed(
-                    f"job {spec.id} failed: {state.get('error', 'a job function raised')}",
-                    "fix the job function (see the worker's log) and submit again",
-                )
+                yield self._decode(row)
+            if not rows:
+                self._ended(view)
 
 
-__all__ = ["ChunkResult", "Client", "MasterUnreachable"]
+__all__ = ["ChunkResult", "Client", "Job", "MasterUnreachable", "Progress"]

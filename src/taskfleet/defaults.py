@@ -30,6 +30,33 @@ CHUNK_SIZE: Final = 1000
 MAX_CHUNK_SIZE: Final = 10_000_000
 """Largest chunk the master accepts: one chunk's items and results travel in one message."""
 
+# -- failures -------------------------------------------------------------------------
+
+RETRIES: Final = 2
+"""Times a failed chunk runs again (on another worker when one is connected) before the
+job's ``on_error`` applies (``submit --retries``, ``Client.submit(retries=)``)."""
+
+MAX_RETRIES: Final = 100
+"""Most retries a job may ask for: each one re-runs a whole chunk."""
+
+ON_ERROR: Final = "fail"
+"""``--on-error``: a chunk that still fails after its retries fails the job ("skip":
+its failed items are recorded and the job goes on)."""
+
+MAX_CHUNK_ERRORS: Final = 5
+"""Failed items per chunk a worker describes in full (traceback included); the others
+are counted and marked in the results."""
+
+MAX_JOB_ERRORS: Final = 1000
+"""Failure records the journal keeps per job, so a job that fails on every item
+cannot fill the disk with tracebacks; later failures are still counted."""
+
+ERROR_MESSAGE_CHARS: Final = 1000
+ERROR_ITEM_CHARS: Final = 200
+ERROR_TRACEBACK_CHARS: Final = 8000
+"""Bounds of one failure record: the exception's message, the item's repr and the
+formatted traceback (its last lines are kept: they name the failing line)."""
+
 # -- leases and heartbeats ------------------------------------------------------------
 
 LEASE_TIMEOUT: Final = 30.0
@@ -58,6 +85,32 @@ HEARTBEAT_MAX_AGE: Final = 30.0
 unhealthy. Must exceed ``HEARTBEAT_MAX_INTERVAL`` by several intervals
 (role variable ``taskfleet_workers_heartbeat_max_age``)."""
 
+# -- retention --------------------------------------------------------------------------
+
+KEEP_JOBS: Final = 1000
+"""``master --keep-jobs``: finished jobs kept with their results; the oldest beyond this
+are pruned (0: no limit; role variable ``taskfleet_master_keep_jobs``)."""
+
+KEEP_FOR: Final = 7 * 86400.0
+"""``master --keep-for``: seconds a finished job is kept after it finished (a week: results
+outlive a weekend; 0: no limit; role variable ``taskfleet_master_keep_for``, "7d")."""
+
+PRUNE_BATCH_ROWS: Final = 500
+"""Result rows deleted per journal transaction while pruning, so a pruned 100M-item job
+never holds the journal's write lock for more than a few milliseconds at a time."""
+
+VACUUM_PAGES: Final = 256
+"""Free journal pages (4 KiB each) returned to the file system per housekeeping tick."""
+
+STATUS_FINISHED_JOBS: Final = 20
+"""Finished jobs ``status`` lists after the pending and running ones (``jobs`` lists more)."""
+
+JOBS_LIMIT: Final = 50
+"""Jobs ``taskfleet jobs`` and ``Client.jobs()`` list by default, newest first."""
+
+MAX_JOBS_LIMIT: Final = 10_000
+"""Most jobs one ``jobs`` call returns."""
+
 # -- the wire -------------------------------------------------------------------------
 
 HANDSHAKE_TIMEOUT: Final = 5.0
@@ -65,6 +118,9 @@ HANDSHAKE_TIMEOUT: Final = 5.0
 
 MAX_UNAUTHENTICATED: Final = 64
 """Concurrent connections still in the handshake; extra ones are closed at once."""
+
+FETCH_MAX_ITEMS: Final = 200_000
+"""Items per result fetch (whole chunks, at least one): bounds a reader's memory."""
 
 FETCH_WAIT: Final = 1.0
 """Seconds a client's result fetch long-polls the master when nothing is new."""
@@ -102,6 +158,11 @@ MAX_RESULT_BATCH: Final = 64
 PREFETCH_PER_PROCESS: Final = 2
 """Chunks a worker keeps in hand per pool process, so the next one is queued while
 results travel."""
+
+# -- clients -------------------------------------------------------------------------------
+
+PROGRESS_INTERVAL: Final = 0.5
+"""Seconds between two updates of ``submit``'s progress line (a terminal only)."""
 
 # -- the smoke job -----------------------------------------------------------------------
 

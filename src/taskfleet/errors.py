@@ -8,6 +8,8 @@ to clients as ``#ERROR`` replies), so ``__init__`` takes exactly ``args``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class TaskfleetError(Exception):
     """Base class: ``what`` happened; ``fix`` names the next step."""
@@ -63,8 +65,59 @@ class BadJobArguments(TaskfleetError):
     exit_code = 2
 
 
+@dataclass(frozen=True)
+class ItemError:
+    """One item that failed: a record, not an exception.
+
+    It stands in the failed item's place among a job's results (``on_error="skip"``,
+    so results stay aligned with their items), is what ``Job.errors()`` lists,
+    and is attached to :class:`JobFailed`. All fields are plain strings and
+    numbers: the remote exception was formatted where it happened, so an
+    exception that cannot be pickled still explains itself.
+    """
+
+    index: int  # position of the item in the job's items (0-based)
+    item: str  # repr of the item, truncated
+    kind: str  # exception | timeout | crash | unpicklable (taskfleet.protocol.FailureKind)
+    type: str  # qualified exception type name ("" for crashes and timeouts)
+    message: str
+    traceback: str = ""  # formatted on the worker; "" when not kept
+    worker: str = ""
+    host: str = ""
+    chunk: int = -1
+    attempt: int = 0  # 1 for the chunk's first run; 0 when unknown
+    final: bool = True  # False: the chunk was retried after this failure
+
+    def __str__(self) -> str:
+        what = f"{self.type}: {self.message}" if self.type else self.message
+        where = f" on worker {self.worker} ({self.host})" if self.worker else ""
+        return f"item {self.index} ({self.item}): {what}{where}"
+
+
 class JobFailed(TaskfleetError):
-    """A job function raised on a worker; the job is marked failed."""
+    """A chunk of the job failed after its retries (on_error="fail"); the job is failed.
+
+    ``error`` is the failure that decided it (with the remote traceback) when
+    the client could read it.
+    """
+
+    def __init__(self, what: str, fix: str = "", error: ItemError | None = None) -> None:
+        super().__init__(what, fix)
+        self.error = error
+
+
+class JobCancelled(TaskfleetError):
+    """The job was cancelled; its remaining results will never arrive."""
+
+
+class ItemsFailed(TaskfleetError):
+    """The job finished, but some items failed (on_error="skip"): exit code 3."""
+
+    exit_code = 3
+
+
+class JobNotFound(TaskfleetError):
+    """No job with this id on the master (never submitted, or pruned by retention)."""
 
 
 class ProtocolMismatch(TaskfleetError):

@@ -29,7 +29,7 @@ from taskfleet import defaults
 from taskfleet.protocol import JobState
 
 #: Job states in which chunks are still handed out (``pending``: submitted, none leased yet).
-_ACTIVE = {JobState.RUNNING.value, "pending"}
+_ACTIVE = {JobState.RUNNING.value, JobState.PENDING.value}
 
 #: The job's code version (a job records what it was submitted against), and per worker
 #: the versions of the job packages it has, ``{job: version}``.

@@ -15,11 +15,15 @@ import functools
 import importlib
 import pickle
 import re
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
-from taskfleet.errors import BadJobArguments, UnknownJob
+from taskfleet import defaults
+from taskfleet.errors import BadJobArguments, ItemError, UnknownJob
+from taskfleet.protocol import FailureKind, ItemFailure
 
 JobFn = Callable[[Any], Any]
 ENTRY_POINT_GROUP = "taskfleet.jobs"
@@ -98,12 +102,245 @@ def validate(name: str, items: Sequence[Any] | None) -> None:
         check(items)
 
 
-def run_chunk(name: str, payload: tuple[Any, ...]) -> bytes:
-    """Run one chunk in a pool process; return the pickled result list.
+# -- running a chunk (in a pool process) ---------------------------------------------------
+#
+# A chunk's results travel as one pickled list (the "blob") from the pool
+# process to the client; the worker and the master never unpickle it. A failed
+# item's place in that list holds an ItemError, so results stay aligned with
+# their items. A chunk that had to be run in pieces (a pool process died in it)
+# is a pickled ``(SEGMENTS, [blob, blob, ...])`` instead: the worker joins the
+# pieces without unpickling them.
 
-    Results stay pickled from here to the client: the master stores the bytes
-    in its journal and never unpickles them.
+SEGMENTS = "taskfleet-segments"
+"""Marks a blob made of several pickled lists (see :func:`join_blobs`)."""
+
+PICKLING = -2
+"""Progress value while a pool process pickles its results (no item is running)."""
+
+
+def _truncate(text: str, limit: int, *, tail: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    if tail:  # a traceback's last lines name the failing line
+        return "…" + text[-(limit - 1) :]
+    return text[: limit - 1] + "…"
+
+
+def safe_repr(obj: Any, limit: int = defaults.ERROR_ITEM_CHARS) -> str:
+    """repr(obj) cut to ``limit`` characters; never raises (a huge int, a broken __repr__)."""
+    try:
+        text = repr(obj)
+    except Exception as exc:  # any failure of a user's __repr__
+        text = f"<{type(obj).__qualname__} object (repr failed: {type(exc).__name__})>"
+    return _truncate(text, limit)
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    module = cls.__module__
+    return (
+        cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    )
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception as inner:  # a user's __str__ may raise anything
+        text = f"<str() of the exception failed: {type(inner).__name__}>"
+    return _truncate(text.strip(), defaults.ERROR_MESSAGE_CHARS)
+
+
+def describe(
+    exc: BaseException,
+    position: int,
+    item: Any,
+    kind: FailureKind = FailureKind.EXCEPTION,
+    *,
+    with_traceback: bool = True,
+) -> ItemFailure:
+    """Format a job function's exception where it happened: only strings leave the process.
+
+    The first traceback frame (this module's loop) is left out: the user's
+    function is where the traceback starts.
     """
-    fn = resolve(name)
-    data: Sequence[Any] = range(payload[1], payload[2]) if payload[0] == "range" else payload[1]
-    return pickle.dumps(list(map(fn, data)), protocol=pickle.HIGHEST_PROTOCOL)
+    text = ""
+    if with_traceback:
+        tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+        try:
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+        except Exception:  # formatting must not fail the chunk
+            text = f"{_type_name(exc)}: {_message(exc)}\n"
+        text = _truncate(text, defaults.ERROR_TRACEBACK_CHARS, tail=True)
+    return ItemFailure(position, kind.value, _type_name(exc), _message(exc), safe_repr(item), text)
+
+
+def placeholder(failure: ItemFailure, worker: str = "", host: str = "") -> ItemError:
+    """The ItemError that stands in a failed item's place in the results (no traceback:
+    ``Job.errors()`` has those); ``index`` is the position in the chunk until the
+    client adds the chunk's offset."""
+    return ItemError(
+        index=failure.position,
+        item=failure.item,
+        kind=failure.kind,
+        type=failure.type,
+        message=failure.message,
+        worker=worker,
+        host=host,
+    )
+
+
+def chunk_data(payload: tuple[Any, ...]) -> Sequence[Any]:
+    """The items of a lease's payload: a range (never expanded) or the list itself."""
+    if payload[0] == "range":
+        return range(*payload[1:])
+    return payload[1]  # type: ignore[no-any-return]
+
+
+class ChunkRun:
+    """The outcome of running part of a chunk: results, how many failed, the first failures."""
+
+    __slots__ = ("failed", "failures", "host", "results", "worker")
+
+    def __init__(self, worker: str, host: str) -> None:
+        self.results: list[Any] = []
+        self.failed = 0
+        self.failures: list[ItemFailure] = []
+        self.worker = worker
+        self.host = host
+
+    def fail(self, failure: ItemFailure) -> None:
+        self.failed += 1
+        if len(self.failures) < defaults.MAX_CHUNK_ERRORS:
+            self.failures.append(failure)
+        self.results.append(placeholder(failure, self.worker, self.host))
+
+    def detailed(self) -> bool:
+        """Whether the next failure still gets a traceback."""
+        return len(self.failures) < defaults.MAX_CHUNK_ERRORS
+
+    def blob(self, data: Sequence[Any], lo: int) -> bytes:
+        """Pickle the results; a result that cannot be pickled becomes that item's failure."""
+        try:
+            return pickle.dumps(self.results, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # find the culprits item by item
+            self._mark_unpicklable(data, lo)
+        return pickle.dumps(self.results, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _mark_unpicklable(self, data: Sequence[Any], lo: int) -> None:
+        for k, result in enumerate(self.results):
+            if isinstance(result, ItemError):
+                continue
+            try:
+                pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # any pickling failure
+                failure = describe(
+                    exc, lo + k, data[lo + k], FailureKind.UNPICKLABLE, with_traceback=False
+                )
+                why = f"its result cannot be pickled: {failure.message}"
+                failure = failure._replace(message=_truncate(why, defaults.ERROR_MESSAGE_CHARS))
+                self.failed += 1
+                if len(self.failures) < defaults.MAX_CHUNK_ERRORS:
+                    self.failures.append(failure)
+                self.results[k] = placeholder(failure, self.worker, self.host)
+
+
+def run_segment(
+    name: str,
+    payload: tuple[Any, ...],
+    lo: int,
+    hi: int,
+    *,
+    stop_on_error: bool,
+    progress: Any = None,
+    slot: int = 0,
+    worker: str = "",
+    host: str = "",
+) -> tuple[bytes, int, list[ItemFailure]]:
+    """Run items ``[lo, hi)`` of a chunk (in a pool process); return (blob, failed, failures).
+
+    The fast path maps the function over the items and pays nothing per item;
+    an exception is recorded for its item and the map goes on after it (or
+    stops, with ``stop_on_error``: a job that fails on its first error needs
+    no more). With ``progress`` (a shared ``q`` array; isolation mode) the
+    position and start time of each item are written to
+    ``progress[2*slot]`` and ``progress[2*slot+1]`` first, so the parent can
+    cut an item that hangs and name the item a dead process was running.
+    """
+    out = ChunkRun(worker, host)
+    data = chunk_data(payload)
+    try:
+        fn = resolve(name)
+    except Exception as exc:  # e.g. the job's package is missing on this worker
+        for k in range(lo, lo + 1 if stop_on_error else hi):
+            out.fail(describe(exc, k, data[k], with_traceback=out.detailed()))
+        return pickle.dumps(out.results, protocol=pickle.HIGHEST_PROTOCOL), out.failed, out.failures
+    if progress is None:
+        _run_fast(fn, data, lo, hi, out, stop_on_error)
+    else:
+        _run_isolated(fn, data, lo, hi, out, stop_on_error, progress, slot)
+        progress[2 * slot] = PICKLING
+    return out.blob(data, lo), out.failed, out.failures
+
+
+def _run_fast(
+    fn: JobFn, data: Sequence[Any], lo: int, hi: int, out: ChunkRun, stop_on_error: bool
+) -> None:
+    results = out.results
+    pos = lo
+    while pos < hi:
+        try:
+            # list.extend keeps what map produced before an exception.
+            results.extend(map(fn, data[pos:hi]))
+            return
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the
+            # item failed, the process must go on
+            k = lo + len(results)
+            out.fail(describe(exc, k, data[k], with_traceback=out.detailed()))
+            if stop_on_error:
+                return
+            pos = k + 1
+
+
+def _run_isolated(
+    fn: JobFn,
+    data: Sequence[Any],
+    lo: int,
+    hi: int,
+    out: ChunkRun,
+    stop_on_error: bool,
+    progress: Any,
+    slot: int,
+) -> None:
+    results = out.results
+    clock = time.monotonic_ns
+    for k in range(lo, hi):
+        item = data[k]
+        progress[2 * slot + 1] = clock()
+        progress[2 * slot] = k
+        try:
+            result = fn(item)
+        except BaseException as exc:  # see _run_fast
+            out.fail(describe(exc, k, item, with_traceback=out.detailed()))
+            if stop_on_error:
+                return
+            continue
+        results.append(result)
+
+
+def join_blobs(parts: Sequence[bytes]) -> bytes:
+    """One blob from the pickled lists of a chunk's consecutive pieces, none unpickled."""
+    if len(parts) == 1:
+        return parts[0]
+    return pickle.dumps((SEGMENTS, list(parts)), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_results(blob: bytes) -> list[Any]:
+    """A chunk's result list from its blob (where a client reads results)."""
+    obj = pickle.loads(blob)  # results come from the cluster's own workers
+    if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == SEGMENTS:
+        out: list[Any] = []
+        for part in obj[1]:
+            out.extend(pickle.loads(part))
+        return out
+    return obj  # type: ignore[no-any-return]

@@ -18,20 +18,21 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from taskfleet import __version__, defaults, jobs, metrics, observe
 from taskfleet.address import format_hostport
-from taskfleet.board import Board, JobSpec
+from taskfleet.board import Board, CompleteOutcome, JobSpec
 from taskfleet.errors import (
     BadJobArguments,
     BindError,
+    JobNotFound,
     JournalError,
     ProtocolMismatch,
-    TaskfleetError,
 )
-from taskfleet.journal import DoneRow, Journal
+from taskfleet.journal import DoneRow, ErrorRow, Journal
 from taskfleet.manager import TaskfleetServer
 from taskfleet.observe import Counters, Observer
 from taskfleet.protocol import (
@@ -39,11 +40,17 @@ from taskfleet.protocol import (
     PROTOCOL_VERSION,
     Ack,
     ChunkId,
+    ErrorView,
     HelloReply,
+    ItemFailure,
+    JobList,
+    JobOptions,
     JobState,
     JobView,
     LostWorkerView,
+    OnError,
     PingReply,
+    Result,
     Role,
     SpecWire,
     StatusView,
@@ -53,6 +60,56 @@ from taskfleet.protocol import (
 from taskfleet.web import WebApp, WebServer, load_static
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _finished(view: JobView) -> bool:
+    return JobState(view["state"]).finished
+
+
+def check_options(options: Any) -> JobOptions:
+    """A submit's options, checked; raise BadJobArguments naming the bad value."""
+    opts = dict(options or {})
+    retries = opts.get("retries", defaults.RETRIES)
+    on_error = opts.get("on_error", defaults.ON_ERROR)
+    item_timeout = opts.get("item_timeout")
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise BadJobArguments(
+            f"bad retries {retries!r}", f"use a whole number 0..{defaults.MAX_RETRIES}"
+        )
+    if not 0 <= retries <= defaults.MAX_RETRIES:
+        raise BadJobArguments(
+            f"retries {retries} is out of range", f"use 0..{defaults.MAX_RETRIES}"
+        )
+    if on_error not in {e.value for e in OnError}:
+        raise BadJobArguments(f"bad on_error {on_error!r}", "use fail or skip")
+    if item_timeout is not None:
+        if isinstance(item_timeout, bool) or not isinstance(item_timeout, int | float):
+            raise BadJobArguments(
+                f"bad item timeout {item_timeout!r}", "give seconds, e.g. 30 (or none)"
+            )
+        if not 0 < item_timeout < float("inf"):
+            raise BadJobArguments(
+                f"item timeout {item_timeout!r} must be above 0", "give seconds, e.g. 30"
+            )
+        item_timeout = float(item_timeout)
+    return JobOptions(retries=retries, on_error=str(on_error), item_timeout=item_timeout)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def failure_summary(
+    failure: ItemFailure | None, index: int, attempt: int, worker: str, host: str
+) -> str:
+    """One line naming what failed, on which item, where, after how many attempts."""
+    if failure is None:
+        return f"chunk failed on worker {worker} ({host}) at attempt {attempt}"
+    what = f"{failure.type}: {failure.message}" if failure.type else failure.message
+    return _one_line(
+        f"{what} (item {index}: {failure.item}; worker {worker} on {host}, attempt {attempt})"
+    )
 
 
 class BoardService:
@@ -78,6 +135,14 @@ class BoardService:
         self._lost: dict[str, tuple[str, float]] = {}
         self._hosts: dict[str, str] = {}
         self._lost_lock = threading.Lock()
+        #: failure records journaled per job (capped at defaults.MAX_JOB_ERRORS)
+        self._error_counts: dict[str, int] = {}
+        #: jobs pruned from the board whose journal rows are still being deleted
+        self._pruning: list[str] = []
+
+    def set_error_counts(self, counts: dict[str, int]) -> None:
+        """Failure records already journaled per job (at start)."""
+        self._error_counts = dict(counts)
 
     def _peer(self) -> str:
         return self.server.peer() if self.server is not None else ""
@@ -124,55 +189,184 @@ class BoardService:
             heartbeat_interval=defaults.heartbeat_interval(lt),
         )
 
-    def heartbeat(self, worker: str, host: str, held: Sequence[tuple[str, int]]) -> None:
+    def heartbeat(
+        self, worker: str, host: str, held: Sequence[tuple[str, int]]
+    ) -> list[tuple[Any, ...]]:
+        """Extend the held leases; reply with the chunks the worker should stop."""
         self._joined(worker, host)
-        self.board.heartbeat(worker, [ChunkId._make(c) for c in held], host)
+        return wire(self.board.heartbeat(worker, [ChunkId._make(c) for c in held], host))
 
     def lease(self, worker: str, n: int, wait: float = 0.0) -> list[tuple[Any, ...]]:
         leases = self.board.lease(worker, max(0, int(n)), min(float(wait), defaults.MAX_FETCH_WAIT))
         return wire(leases)
 
-    def complete(self, worker: str, host: str, results: Sequence[tuple[str, int, bytes]]) -> Ack:
-        """Accept results; journal them; only then acknowledge."""
+    def complete(self, worker: str, host: str, results: Sequence[Sequence[Any]]) -> Ack:
+        """Accept results (failed attempts are retried, fail the job or are skipped);
+        journal everything in one transaction; only then acknowledge."""
         if not results:
             return Ack(accepted=0, duplicates=0)
-        blobs = {ChunkId(job_id, index): blob for job_id, index, blob in results}
+        parsed = {}
+        for raw in results:
+            r = Result.from_wire(raw)
+            parsed[ChunkId(r.job_id, r.chunk)] = r
+        failed = {cid: r.failed for cid, r in parsed.items() if r.failed}
         with self._commit:
-            outcome = self.board.complete(worker, list(blobs), host)
-            rows = [DoneRow(c.job_id, c.chunk, worker, host, blobs[c]) for c in outcome.accepted]
-            accepted = set(outcome.accepted)
-            dups: dict[str, int] = {}
-            for job_id, index, _ in results:
-                if (job_id, index) not in accepted:
-                    dups[job_id] = dups.get(job_id, 0) + 1
-            try:
-                self.journal.record_done(rows, dups)
-                for job_id in outcome.finished_jobs:
-                    self.journal.set_state(job_id, JobState.DONE)
-            except Exception as exc:
-                self.board.undo_complete(worker, outcome.accepted)
-                self.log.error("journal write failed, %d chunks will run again: %s", len(rows), exc)
-                raise JournalError(
-                    f"the master could not journal results: {exc}", "see the master's log"
-                ) from None
-        with self._results:
-            self._generation += 1
-            self._results.notify_all()
+            outcome = self.board.complete(worker, list(parsed), host, failed)
+            summaries = {}
+            for cid, attempt in outcome.attempts.items():
+                errors_of = parsed[cid].errors
+                first = errors_of[0] if errors_of else None
+                index = self._item_index(cid, first.position if first is not None else 0)
+                summaries[cid] = failure_summary(first, index, attempt, worker, host)
+            for job_id, cid in outcome.failed_jobs.items():
+                self.board.set_error(job_id, summaries[cid])
+            self._journal(outcome, parsed, summaries, worker, host)
+            # Counted once journaled: a failed write takes the outcome back (JournalError).
+            self.counters.add_attempts(len(outcome.attempts), len(outcome.retried))
+        self._log_failures(outcome, parsed, summaries, worker)
+        self._changed()
         for job_id in outcome.finished_jobs:
             self._log_done(job_id)
         return Ack(accepted=len(outcome.accepted), duplicates=outcome.duplicates)
+
+    def _journal(
+        self,
+        outcome: CompleteOutcome,
+        parsed: dict[ChunkId, Result],
+        summaries: dict[ChunkId, str],
+        worker: str,
+        host: str,
+    ) -> None:
+        """Write what ``board.complete`` decided in one transaction (``_commit`` held);
+        when that fails, take the accepted chunks back so they run again."""
+        rows = [DoneRow(c.job_id, c.chunk, worker, host, parsed[c].blob) for c in outcome.accepted]
+        accepted = set(outcome.accepted)
+        dups = Counter(c.job_id for c in parsed if c not in accepted and c not in outcome.attempts)
+        items_failed = Counter[str]()
+        for cid, count in outcome.skipped.items():
+            items_failed[cid.job_id] += count
+        for job_id, cid in outcome.failed_jobs.items():
+            items_failed[job_id] += parsed[cid].failed
+        errors = self._error_rows(outcome, parsed, worker, host)
+        try:
+            self.journal.record_done(
+                rows,
+                dups,
+                failed={(c.job_id, c.chunk): n for c, n in outcome.skipped.items()},
+                items_failed=items_failed,
+                errors=errors,
+                finished=outcome.finished_jobs,
+                states={
+                    job_id: (JobState.FAILED, summaries.get(cid))
+                    for job_id, cid in outcome.failed_jobs.items()
+                },
+            )
+        except Exception as exc:
+            self.board.undo_complete(worker, outcome.accepted, outcome.skipped)
+            self.log.error("journal write failed, %d chunks will run again: %s", len(rows), exc)
+            raise JournalError(
+                f"the master could not journal results: {exc}", "see the master's log"
+            ) from None
+        for job_id, count in Counter(e.job_id for e in errors).items():
+            self._error_counts[job_id] = self._error_counts.get(job_id, 0) + count
+
+    def _item_index(self, cid: ChunkId, position: int) -> int:
+        """The position in the job of an item named by its position in a chunk."""
+        if not self.board.has_job(cid.job_id):
+            return position
+        return cid.chunk * self.board.spec(cid.job_id).chunk_size + position
+
+    def _retries(self, job_id: str) -> int:
+        return self.board.spec(job_id).retries if self.board.has_job(job_id) else 0
+
+    def _error_rows(
+        self, outcome: CompleteOutcome, parsed: dict[ChunkId, Result], worker: str, host: str
+    ) -> list[ErrorRow]:
+        """Failure records of this call's failed attempts, within each job's cap."""
+        out: list[ErrorRow] = []
+        room: dict[str, int] = {}
+        final = set(outcome.skipped) | set(outcome.failed_jobs.values())
+        for cid, attempt in outcome.attempts.items():
+            job_id = cid.job_id
+            if job_id not in room:
+                room[job_id] = defaults.MAX_JOB_ERRORS - self._error_counts.get(job_id, 0)
+            for f in parsed[cid].errors:
+                if room[job_id] <= 0:
+                    break
+                room[job_id] -= 1
+                out.append(
+                    ErrorRow(
+                        job_id,
+                        cid.chunk,
+                        self._item_index(cid, f.position),
+                        attempt,
+                        cid in final,
+                        worker,
+                        host,
+                        f.kind,
+                        f.type,
+                        f.message,
+                        f.item,
+                        f.traceback,
+                    )
+                )
+        return out
+
+    def _log_failures(
+        self,
+        outcome: CompleteOutcome,
+        parsed: dict[ChunkId, Result],
+        summaries: dict[ChunkId, str],
+        worker: str,
+    ) -> None:
+        for cid in outcome.retried:
+            self.log.warning(
+                "job %s: chunk %d failed on worker %s (attempt %d of %d; %d items failed): %s;"
+                " it runs again",
+                cid.job_id,
+                cid.chunk,
+                worker,
+                outcome.attempts[cid],
+                self._retries(cid.job_id) + 1,
+                parsed[cid].failed,
+                summaries.get(cid, ""),
+            )
+        for cid, count in outcome.skipped.items():
+            self.log.warning(
+                "job %s: chunk %d: %d items failed after %d attempts; kept as failed (skip)",
+                cid.job_id,
+                cid.chunk,
+                count,
+                outcome.attempts[cid],
+            )
+        for job_id, cid in outcome.failed_jobs.items():
+            self.log.error(
+                "job %s failed: chunk %d failed %d times: %s",
+                job_id,
+                cid.chunk,
+                outcome.attempts[cid],
+                summaries.get(cid, ""),
+            )
+
+    def _changed(self) -> None:
+        """Wake every long-poll waiting on results or job states."""
+        with self._results:
+            self._generation += 1
+            self._results.notify_all()
 
     def exchange(
         self,
         worker: str,
         host: str,
-        results: Sequence[tuple[str, int, bytes]],
+        results: Sequence[Sequence[Any]],
         want: int,
         wait: float = 0.0,
-    ) -> tuple[Ack, list[tuple[Any, ...]]]:
-        """complete() then lease() in one round trip."""
+        held: Sequence[tuple[str, int]] = (),
+    ) -> tuple[Ack, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """complete() then lease(), in one round trip; and which ``held`` chunks to stop."""
         ack = self.complete(worker, host, results)
-        return ack, self.lease(worker, want, wait) if want > 0 else []
+        leases = self.lease(worker, want, wait) if want > 0 else []
+        return ack, leases, wire(self.board.to_stop([ChunkId._make(c) for c in held]))
 
     def release(self, worker: str, chunks: Sequence[tuple[str, int]]) -> int:
         return self.board.release(worker, [ChunkId._make(c) for c in chunks])
@@ -186,14 +380,6 @@ class BoardService:
         self.log.info("worker %s left (drained; %d chunks given back)", worker, count)
         return count
 
-    def fail(self, worker: str, job_id: str, index: int, error: str) -> None:
-        if self.board.fail_job(job_id, error):
-            self.journal.set_state(job_id, JobState.FAILED, error)
-            self.log.error("job %s failed: chunk %d on worker %s: %s", job_id, index, worker, error)
-            with self._results:
-                self._generation += 1
-                self._results.notify_all()
-
     # -- clients -------------------------------------------------------------
 
     def submit(
@@ -204,6 +390,8 @@ class BoardService:
         start: int = 0,
         stop: int = 0,
         items: Sequence[Any] | None = None,
+        step: int = 1,
+        options: JobOptions | None = None,
     ) -> SubmitReply:
         """Create a job (idempotent per ``job_id``); refuse bad names/arguments."""
         if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
@@ -213,9 +401,16 @@ class BoardService:
                 f"bad chunk size {chunk_size!r}",
                 f"use 1..{defaults.MAX_CHUNK_SIZE} (default {defaults.CHUNK_SIZE})",
             )
+        opts = check_options(options)
         if items is None:
-            if not isinstance(start, int) or not isinstance(stop, int) or stop <= start:
-                raise BadJobArguments(f"bad range [{start}, {stop})", "give --range N with N >= 1")
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop, step)):
+                raise BadJobArguments(
+                    f"bad range ({start!r}, {stop!r}, {step!r})", "give whole numbers"
+                )
+            if step == 0 or not range(start, stop, step):
+                raise BadJobArguments(
+                    f"range({start}, {stop}, {step}) is empty", "give --range N with N >= 1"
+                )
         elif not items:
             raise BadJobArguments("no items to process", "put one item per line in the items file")
         jobs.validate(job, items)
@@ -223,53 +418,162 @@ class BoardService:
             if self.board.has_job(job_id):
                 spec = self.board.spec(job_id)
             else:
-                spec = JobSpec(job_id, job, chunk_size, start, stop, items, time.time())
+                spec = JobSpec(
+                    job_id,
+                    job,
+                    chunk_size,
+                    start,
+                    stop,
+                    items,
+                    time.time(),
+                    step if items is None else 1,
+                    opts["retries"],
+                    opts["on_error"],
+                    opts["item_timeout"],
+                )
                 self.journal.add_job(spec)
                 self.board.add_job(spec)
                 self._job_started[job_id] = time.monotonic()
                 self.log.info(
-                    "job %s submitted: %s over %d items in %d chunks",
+                    "job %s submitted: %s over %d items in %d chunks (retries %d, on error %s%s)",
                     job_id,
                     job,
                     spec.n_items,
                     spec.n_chunks,
+                    spec.retries,
+                    spec.on_error,
+                    f", item timeout {spec.item_timeout:g}s" if spec.item_timeout else "",
                 )
+                self._changed()
         return SubmitReply(id=spec.id, job=spec.job, n_items=spec.n_items, n_chunks=spec.n_chunks)
 
     def _spec(self, job_id: str) -> JobSpec:
-        if not self.board.has_job(job_id):
-            raise TaskfleetError(
-                f"no job {job_id!r} on this master", "check the id (taskfleet status lists jobs)"
+        if not isinstance(job_id, str) or not self.board.has_job(job_id):
+            raise JobNotFound(
+                f"no job {job_id!r} on this master",
+                "check the id (taskfleet jobs lists them; finished jobs are pruned after"
+                " the master's --keep-for/--keep-jobs)",
             )
         return self.board.spec(job_id)
 
+    def _view(self, job_id: str) -> JobView:
+        try:
+            return self.board.job_status(job_id)
+        except KeyError:  # pruned between two calls
+            self._spec(job_id)
+            raise
+
     def job(self, job_id: str) -> tuple[SpecWire, JobView]:
-        return self._spec(job_id).as_wire(), self.board.job_status(job_id)
+        return self._spec(job_id).as_wire(), self._view(job_id)
+
+    def jobs(self, limit: int = defaults.JOBS_LIMIT) -> JobList:
+        """The newest jobs first (at most ``limit``, capped) and the total count."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise BadJobArguments(f"bad limit {limit!r}", "give a whole number >= 0")
+        return self.board.jobs(min(limit, defaults.MAX_JOBS_LIMIT))
+
+    def _long_poll(self, wait: float, ready: Any) -> Any:
+        """Call ``ready()`` until it returns something other than None, at most ``wait``
+        seconds (capped); every change (results, states) wakes it. The last answer is
+        ``ready(True)`` (its "time is up" call)."""
+        deadline = time.monotonic() + max(0.0, min(float(wait), defaults.MAX_FETCH_WAIT))
+        while True:
+            with self._results:
+                generation = self._generation
+            answer = ready(time.monotonic() >= deadline)
+            if answer is not None:
+                return answer
+            with self._results:
+                if self._generation == generation:
+                    self._results.wait(max(0.0, deadline - time.monotonic()))
+
+    def wait(self, job_id: str, wait: float = defaults.FETCH_WAIT) -> JobView:
+        """The job's view as soon as it has finished, or after ``wait`` seconds."""
+        self._spec(job_id)
+
+        def ready(last: bool) -> JobView | None:
+            view = self._view(job_id)
+            return view if last or _finished(view) else None
+
+        result: JobView = self._long_poll(wait, ready)
+        return result
 
     def fetch(
         self,
         job_id: str,
         after_seq: int,
-        max_items: int = 200_000,
+        max_items: int = defaults.FETCH_MAX_ITEMS,
         wait: float = defaults.FETCH_WAIT,
     ) -> tuple[list[tuple[Any, ...]], JobView]:
-        """Results journaled after ``after_seq``; long-polls up to ``wait`` s when none."""
+        """Results journaled after ``after_seq`` (completion order); long-polls up to
+        ``wait`` s when there are none."""
         spec = self._spec(job_id)
-        deadline = time.monotonic() + min(float(wait), defaults.MAX_FETCH_WAIT)
-        while True:
-            with self._results:
-                generation = self._generation
+
+        def ready(last: bool) -> tuple[list[tuple[Any, ...]], JobView] | None:
             rows = self.journal.fetch(job_id, after_seq, max_items, spec.chunk_size)
-            state = self.board.job_status(job_id)
-            remaining = deadline - time.monotonic()
-            if rows or state["state"] != JobState.RUNNING or remaining <= 0:
-                return wire(rows), state
-            with self._results:
-                if self._generation == generation:
-                    self._results.wait(remaining)
+            view = self._view(job_id)
+            if rows or last or _finished(view):
+                return wire(rows), view
+            return None
+
+        result: tuple[list[tuple[Any, ...]], JobView] = self._long_poll(wait, ready)
+        return result
+
+    def fetch_ordered(
+        self,
+        job_id: str,
+        from_chunk: int,
+        max_items: int = defaults.FETCH_MAX_ITEMS,
+        wait: float = defaults.FETCH_WAIT,
+    ) -> tuple[list[tuple[Any, ...]], JobView]:
+        """Results of chunks ``from_chunk, from_chunk+1, …`` (input order) up to the
+        first one not done; long-polls up to ``wait`` s until ``from_chunk`` is done.
+
+        A reader keeps only one reply in memory however slow one chunk is.
+        """
+        spec = self._spec(job_id)
+
+        def ready(last: bool) -> tuple[list[tuple[Any, ...]], JobView] | None:
+            view = self._view(job_id)
+            rows = []
+            if 0 <= from_chunk < spec.n_chunks and self.board.is_chunk_done(job_id, from_chunk):
+                rows = self.journal.fetch_ordered(job_id, from_chunk, max_items, spec.chunk_size)
+            ended = from_chunk >= spec.n_chunks or view["state"] in (
+                JobState.FAILED,
+                JobState.CANCELLED,
+            )
+            # A done job's last rows may still be committing: wait for them.
+            if rows or last or ended:
+                return wire(rows), view
+            return None
+
+        result: tuple[list[tuple[Any, ...]], JobView] = self._long_poll(wait, ready)
+        return result
+
+    def errors(self, job_id: str, limit: int = defaults.MAX_JOB_ERRORS) -> list[ErrorView]:
+        """The job's failure records (tracebacks included), oldest first."""
+        self._spec(job_id)
+        return self.journal.errors(job_id, max(0, min(int(limit), defaults.MAX_JOB_ERRORS)))
+
+    def cancel(self, job_id: str) -> JobView:
+        """Cancel a pending or running job (journaled); a finished job is left as it is."""
+        self._spec(job_id)
+        with self._commit:
+            if self.board.cancel_job(job_id):
+                self.journal.set_state(job_id, JobState.CANCELLED)
+                view = self._view(job_id)
+                self.log.info(
+                    "job %s cancelled (from %s): %d/%d items were done",
+                    job_id,
+                    self._peer() or "?",
+                    view["items_done"],
+                    view["items_total"],
+                )
+        self._changed()
+        return self._view(job_id)
 
     def status(self) -> StatusView:
-        view = self.board.status()
+        view = self.board.status(defaults.STATUS_FINISHED_JOBS)
         return StatusView(
             master={
                 "address": self.address,
@@ -283,6 +587,8 @@ class BoardService:
             workers=view["workers"],
             lost_workers=self._lost_view({w["name"] for w in view["workers"]}),
             jobs=view["jobs"],
+            jobs_not_listed=view["not_listed"],
+            jobs_by_state=view["by_state"],
         )
 
     def _lost_view(self, connected: set[str]) -> list[LostWorkerView]:
@@ -343,7 +649,7 @@ class BoardService:
         for worker, count in report.requeued.items():
             self.log.info("%d chunks leased to %s expired and are pending again", count, worker)
         if log_progress:
-            for job in self.board.status()["jobs"]:
+            for job in self.board.status(0)["jobs"]:
                 if job["state"] == JobState.RUNNING and job["items_done"]:
                     pct = 100.0 * job["items_done"] / max(1, job["items_total"])
                     self.log.info(
@@ -354,6 +660,35 @@ class BoardService:
                         pct,
                         job["chunks"],
                     )
+
+    def prune(self, keep_jobs: int, keep_for: float, budget: float, now: float) -> None:
+        """Retention: forget finished jobs beyond ``keep_jobs`` or older than ``keep_for``
+        seconds (0: no limit), then delete their journal rows and give the space back,
+        a batch at a time, for at most ``budget`` seconds per call."""
+        finished = self.board.finished_jobs()
+        doomed: dict[str, str] = {}
+        if keep_jobs > 0 and len(finished) > keep_jobs:
+            for job_id, _ in finished[: len(finished) - keep_jobs]:
+                doomed[job_id] = f"more than {keep_jobs} finished jobs"
+        if keep_for > 0:
+            for job_id, when in finished:
+                if now - when > keep_for:
+                    doomed.setdefault(job_id, f"finished more than {keep_for:g}s ago")
+        for job_id, why in doomed.items():
+            if self.board.remove_job(job_id):
+                self._pruning.append(job_id)
+                self._error_counts.pop(job_id, None)
+                self._job_started.pop(job_id, None)
+                self.log.info("job %s pruned (%s)", job_id, why)
+        if doomed:
+            self._changed()
+        deadline = time.monotonic() + budget
+        while self._pruning and time.monotonic() < deadline:
+            if self.journal.delete_job_step(self._pruning[0]):
+                self._pruning.pop(0)
+        while not self._pruning and time.monotonic() < deadline:
+            if not self.journal.vacuum_step():
+                break
 
 
 def _bind_error(host: str, port: int, exc: OSError, http: bool = False) -> BindError:
@@ -396,12 +731,15 @@ class Master:
         lease_timeout: float,
         log: logging.Logger,
         http: tuple[str, int] | None = None,
+        keep_jobs: int = defaults.KEEP_JOBS,
+        keep_for: float = defaults.KEEP_FOR,
     ) -> None:
         self.bind, self.port = bind, port
         self._http = http
         self._authkey = authkey
         self._journal_path = journal_path
         self.lease_timeout = lease_timeout
+        self.keep_jobs, self.keep_for = keep_jobs, keep_for
         self.log = log
         self._stop = threading.Event()
         self._started_wall = time.time()
@@ -441,11 +779,22 @@ class Master:
             journal = Journal(path)
             service = BoardService(self.board, journal, self.log, address)
             service.server = server
+            service.set_error_counts(journal.error_counts())
             resumed = 0
-            for spec, state, error, dups in journal.jobs():
-                self.board.add_job(spec, journal.done_chunks(spec.id), dups, state, error)
+            for spec, state, error, dups, items_failed, finished in journal.jobs():
+                running = state == JobState.RUNNING
+                self.board.add_job(
+                    spec,
+                    () if state == JobState.DONE else journal.done_chunks(spec.id),
+                    dups,
+                    state,
+                    error,
+                    items_failed=items_failed,
+                    finished=finished,
+                    attempts=journal.attempts(spec.id) if running else None,
+                )
                 st = self.board.job_status(spec.id)
-                if st["state"] == JobState.RUNNING:
+                if not _finished(st):
                     resumed += 1
                     self.log.info(
                         "resumed job %s (%s): %d/%d chunks done",
@@ -463,12 +812,15 @@ class Master:
         self.service, self.server = service, server
         server.start()
         self.log.info(
-            "master %s listening on %s (journal %s, lease timeout %gs, %d jobs resumed)",
+            "master %s listening on %s (journal %s, lease timeout %gs, %d jobs resumed;"
+            " keeping %s finished jobs for %s)",
             __version__,
             address,
             path,
             self.lease_timeout,
             resumed,
+            self.keep_jobs or "all",
+            f"{self.keep_for:g}s" if self.keep_for else "ever",
         )
         if web is not None:
             self._serve_http(web, service)
@@ -502,6 +854,8 @@ class Master:
         proc = observe.process_view()
         return metrics.Live(
             lease_expiries=self.service.counters.lease_expiries,
+            failed_attempts=self.service.counters.failed_attempts,
+            retries=self.service.counters.retries,
             handshakes_refused=server.refused_handshakes(),
             cpu_seconds=proc["cpu_seconds"],
             rss_bytes=proc["rss_bytes"],
@@ -532,6 +886,7 @@ class Master:
                 last_progress = now
             try:
                 self.service.tick(progress)
+                self.service.prune(self.keep_jobs, self.keep_for, period / 2, time.time())
             except Exception as exc:  # housekeeping must never kill the master
                 self.log.error("housekeeping failed: %s", exc)
 

@@ -43,6 +43,8 @@ class Live:
     """Figures read at scrape time rather than sampled."""
 
     lease_expiries: int
+    failed_attempts: int
+    retries: int
     handshakes_refused: int
     cpu_seconds: float
     rss_bytes: int
@@ -162,11 +164,16 @@ def families(
     by_state = {s.value: 0 for s in JobState}
     chunks = {"pending": 0, "leased": 0, "done": 0}
     for job in jobs:
-        state = str(job.get("state", ""))
-        by_state[state] = by_state.get(state, 0) + 1
         for key in chunks:
             chunks[key] += int((job.get("chunks") or {}).get(key, 0))
-    jobs_by_state = gauge("taskfleet_jobs", "Jobs the master lists, by state.")
+    counted = status.get("jobs_by_state")
+    if isinstance(counted, Mapping):  # every job the master keeps, listed or not
+        by_state.update({str(k): int(v) for k, v in counted.items()})
+    else:  # a status without the counts: the listed jobs
+        for job in jobs:
+            state = str(job.get("state", ""))
+            by_state[state] = by_state.get(state, 0) + 1
+    jobs_by_state = gauge("taskfleet_jobs", "Jobs the master keeps, by state.")
     for state, n in by_state.items():
         jobs_by_state.add(n, state=state)
     chunks_by_state = gauge("taskfleet_chunks", "Chunks of the listed jobs, by state.")
@@ -189,6 +196,16 @@ def families(
             "taskfleet_duplicates_dropped_total",
             "Results dropped: their chunk was done.",
             int(totals.get("duplicates", 0)),
+        ),
+        counter(
+            "taskfleet_chunk_attempts_failed_total",
+            "Chunk runs that reported failed items (each attempt, retried or not).",
+            live.failed_attempts,
+        ),
+        counter(
+            "taskfleet_chunk_retries_total",
+            "Failed chunks sent back to pending for another attempt.",
+            live.retries,
         ),
         counter(
             "taskfleet_lease_expiries_total",

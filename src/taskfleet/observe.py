@@ -3,8 +3,8 @@
 * :func:`process_view` and :func:`journal_view`: the master process's memory
   and CPU time, the journal's size and its disk (read from ``/proc`` and
   ``statvfs``, cheap enough for every ``status`` call).
-* :class:`Counters`: the master's own event counters (lease expiries) that
-  the board does not keep.
+* :class:`Counters`: the master's own event counters (lease expiries, failed
+  chunk attempts, retries) that the board does not keep.
 * :class:`Observer`: samples the board service's ``status()`` once a second on
   its own thread and keeps what the HTTP server serves: the latest status,
   items/s per worker and per job (with an ETA), a throughput history for the
@@ -79,11 +79,20 @@ class Counters:
     """Events the master counts itself (thread-safe increments)."""
 
     lease_expiries: int = 0
+    #: chunk runs that reported failed items (each attempt, retried or final)
+    failed_attempts: int = 0
+    #: failed chunks that went back to pending for another attempt
+    retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_lease_expiries(self, n: int) -> None:
         with self._lock:
             self.lease_expiries += n
+
+    def add_attempts(self, failed: int, retried: int) -> None:
+        with self._lock:
+            self.failed_attempts += failed
+            self.retries += retried
 
 
 class _Rate:

@@ -28,8 +28,9 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import Any, Final, NamedTuple, Protocol, TypedDict
 
-PROTOCOL_VERSION: Final = 2
-"""Version 1 was the first release (no hello version check); 2 adds it."""
+PROTOCOL_VERSION: Final = 3
+"""Version 1 was the first release (no hello version check); 2 adds it; 3 adds job control
+(per-item failures, retries, cancel, ordered fetch, job listing) and drops ``fail``."""
 
 BOARD_IDENT: Final = "board"
 """Identity of the board service object on every master (never released)."""
@@ -42,18 +43,25 @@ class Method(StrEnum):
     """Every method of the board service. Workers use the first group, clients the second."""
 
     HELLO = "hello"  # (protocol, role, name, host, processes) -> HelloReply
-    HEARTBEAT = "heartbeat"  # (worker, host, held: [ChunkId]) -> None
+    HEARTBEAT = "heartbeat"  # (worker, host, held: [ChunkId]) -> [ChunkId] to stop
     LEASE = "lease"  # (worker, n, wait) -> [Lease]
     COMPLETE = "complete"  # (worker, host, results: [Result]) -> Ack
-    EXCHANGE = "exchange"  # (worker, host, results, want, wait) -> (Ack, [Lease])
+    # (worker, host, results, want, wait, held) -> (Ack, [Lease], [ChunkId] to stop)
+    EXCHANGE = "exchange"
     RELEASE = "release"  # (worker, chunks: [ChunkId]) -> int
     GOODBYE = "goodbye"  # (worker, chunks: [ChunkId]) -> int
-    FAIL = "fail"  # (worker, job_id, index, error) -> None
 
     PING = "ping"  # () -> PingReply
-    SUBMIT = "submit"  # (job_id, job, chunk_size, start, stop, items) -> SubmitReply
+    # (job_id, job, chunk_size, start, stop, items, step, options: JobOptions) -> SubmitReply
+    SUBMIT = "submit"
     JOB = "job"  # (job_id) -> (SpecWire, JobView)
-    FETCH = "fetch"  # (job_id, after_seq, max_items, wait) -> ([ResultRow], JobView)
+    JOBS = "jobs"  # (limit) -> JobList, newest first
+    WAIT = "wait"  # (job_id, wait) -> JobView, as soon as the job is finished or after wait s
+    FETCH = "fetch"  # (job_id, after_seq, max_items, wait) -> ([ResultRow], JobView): by seq
+    # (job_id, from_chunk, max_items, wait) -> ([ResultRow], JobView): by chunk index
+    FETCH_ORDERED = "fetch_ordered"
+    ERRORS = "errors"  # (job_id, limit) -> [ErrorView], oldest first
+    CANCEL = "cancel"  # (job_id) -> JobView
     STATUS = "status"  # () -> StatusView
 
 
@@ -69,17 +77,45 @@ class Role(StrEnum):
 
 
 class JobState(StrEnum):
-    """A job's lifecycle. Stored and sent as the plain string value."""
+    """A job's lifecycle. Sent as the plain string value.
 
+    ``pending`` is only ever reported, never stored: the journal and the board
+    keep a job that has not handed out a chunk yet as ``running``.
+    """
+
+    PENDING = "pending"  # submitted; no chunk handed out yet
     RUNNING = "running"  # chunks are pending, leased or done
-    DONE = "done"  # every chunk's results are journaled
-    FAILED = "failed"  # a job function raised; no more chunks are handed out
+    DONE = "done"  # every chunk's results are journaled (on_error="skip": some items failed)
+    FAILED = "failed"  # a chunk failed after its retries (on_error="fail"); nothing more runs
+    CANCELLED = "cancelled"  # cancelled by a client; nothing more runs, later results dropped
+
+    @property
+    def finished(self) -> bool:
+        """True for the three end states (done, failed, cancelled)."""
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class OnError(StrEnum):
+    """What a job does once a chunk has failed ``retries + 1`` times."""
+
+    FAIL = "fail"  # the job fails; no further chunks are handed out
+    SKIP = "skip"  # the chunk's failed items are recorded, its other results kept
+
+
+class FailureKind(StrEnum):
+    """Why an item failed."""
+
+    EXCEPTION = "exception"  # the job function raised
+    TIMEOUT = "timeout"  # the item ran longer than the job's item_timeout
+    CRASH = "crash"  # the pool process died on it (os._exit, a signal, the OOM killer)
+    UNPICKLABLE = "unpicklable"  # its result cannot be pickled
 
 
 # -- shapes ------------------------------------------------------------------------------
 
 Payload = tuple[Any, ...]
-"""A chunk's items: ``("range", start, stop)`` or ``("items", [item, ...])``."""
+"""A chunk's items: ``("range", start, stop)``, ``("range", start, stop, step)`` (the
+arguments of ``range()``) or ``("items", [item, ...])``."""
 
 
 class ChunkId(NamedTuple):
@@ -96,14 +132,46 @@ class Lease(NamedTuple):
     chunk: int  # the chunk index within its job
     job: str
     payload: Payload
+    item_timeout: float = 0.0  # seconds one item may run; 0: no limit
+    on_error: str = OnError.FAIL.value  # "fail": a chunk may stop at its first failed item
+
+
+class ItemFailure(NamedTuple):
+    """One failed item as the worker reports it (plain strings, formatted in the pool process)."""
+
+    position: int  # the item's position within its chunk
+    kind: str  # a FailureKind value
+    type: str  # the exception's qualified type name ("" for crashes and timeouts)
+    message: str
+    item: str  # repr of the item, truncated
+    traceback: str  # formatted in the pool process; "" when there is none
 
 
 class Result(NamedTuple):
-    """One finished chunk, worker → master: the pickled result list, never unpickled there."""
+    """One finished chunk, worker → master: the pickled result list, never unpickled there.
+
+    ``failed`` items hold an :class:`taskfleet.errors.ItemError` in ``blob``;
+    ``errors`` details the first of them (at most ``defaults.MAX_CHUNK_ERRORS``).
+    A chunk with ``failed > 0`` counts as a failed attempt (see ``JobOptions``).
+    """
 
     job_id: str
     chunk: int  # the chunk index within its job
     blob: bytes
+    failed: int = 0
+    errors: Sequence[ItemFailure] = ()
+
+    def to_wire(self) -> tuple[Any, ...]:
+        """A plain tuple, the failures too (nested named tuples would pickle their class)."""
+        return (self.job_id, self.chunk, self.blob, self.failed, [tuple(e) for e in self.errors])
+
+    @classmethod
+    def from_wire(cls, t: Sequence[Any]) -> Result:
+        """Rebuild a result; a bare ``(job_id, chunk, blob)`` is a chunk without failures."""
+        if len(t) == 3:
+            return cls(t[0], t[1], t[2])
+        job_id, chunk, blob, failed, errors = t
+        return cls(job_id, chunk, blob, int(failed), [ItemFailure._make(e) for e in errors])
 
 
 class ResultRow(NamedTuple):
@@ -114,12 +182,21 @@ class ResultRow(NamedTuple):
     worker: str
     host: str
     blob: bytes
+    failed: int  # items of this chunk that failed (on_error="skip")
+
+
+class JobOptions(TypedDict):
+    """How a job treats failures (``submit``'s last argument)."""
+
+    retries: int  # times a failed chunk runs again before on_error applies
+    on_error: str  # an OnError value
+    item_timeout: float | None  # seconds one item may run; None: no limit
 
 
 class SpecWire(TypedDict):
     """A submitted job as ``job`` returns it (``taskfleet.board.JobSpec`` on either end).
 
-    ``items`` is None for a range job over ``[start, stop)``.
+    ``items`` is None for a range job over ``range(start, stop, step)``.
     """
 
     id: str
@@ -127,8 +204,10 @@ class SpecWire(TypedDict):
     chunk_size: int
     start: int
     stop: int
+    step: int
     items: list[Any] | None
     created: float
+    options: JobOptions
 
 
 class Ack(TypedDict):
@@ -177,9 +256,44 @@ class _JobViewBase(TypedDict):
 
 
 class JobView(_JobViewBase, total=False):
-    """One job as ``status`` and ``fetch`` report it; ``error`` only when it failed."""
+    """One job as ``status``, ``jobs`` and ``fetch`` report it.
+
+    ``error`` (a one-line summary) only when the job failed; the rest is always
+    there (total=False only because the fields were added after version 2).
+    """
 
     error: str
+    items_failed: int  # items whose failure was accepted (on_error="skip")
+    created: float  # wall-clock time of the submit
+    finished: float | None  # wall-clock time it reached done, failed or cancelled
+    retries: int
+    on_error: str
+    item_timeout: float | None
+
+
+class JobList(TypedDict):
+    """``jobs``: the newest jobs first, at most ``limit``; ``total`` counts every job."""
+
+    jobs: list[JobView]
+    total: int
+
+
+class ErrorView(TypedDict):
+    """One journaled item failure (``errors``; ``taskfleet job JOB_ID``)."""
+
+    job_id: str
+    chunk: int
+    index: int  # the item's position within the job
+    attempt: int  # 1 for the first run of the chunk
+    final: bool  # False: the chunk was retried after this failure
+    worker: str
+    host: str
+    kind: str  # a FailureKind value
+    type: str
+    message: str
+    item: str
+    traceback: str
+    time: float  # wall-clock time the master recorded it
 
 
 class WorkerView(TypedDict):
@@ -233,14 +347,19 @@ class MasterView(TypedDict):
 class StatusView(TypedDict):
     """``status``: the document behind ``taskfleet status --json`` (docs/interfaces.md).
 
-    ``taskfleet status --json`` and ``/api/status`` add the verdict: ``healthy``
-    and ``problems`` (:mod:`taskfleet.health`).
+    ``jobs`` lists every pending or running job and the most recent finished
+    ones (``defaults.STATUS_FINISHED_JOBS``); ``jobs_not_listed`` counts the
+    older finished jobs left out (``jobs`` lists them). ``taskfleet status --json``
+    and ``/api/status`` add the verdict: ``healthy`` and ``problems``
+    (:mod:`taskfleet.health`).
     """
 
     master: MasterView
     workers: list[WorkerView]
     lost_workers: list[LostWorkerView]
     jobs: list[JobView]
+    jobs_not_listed: int
+    jobs_by_state: dict[str, int]  # every job the master keeps, listed or not, by state
 
 
 # -- typed calls ---------------------------------------------------------------------------
@@ -280,8 +399,11 @@ class BoardStub:
 
     # -- workers
 
-    def heartbeat(self, worker: str, host: str, held: Sequence[ChunkId]) -> None:
-        self._caller.call(Method.HEARTBEAT.value, worker, host, wire(held))
+    def heartbeat(self, worker: str, host: str, held: Sequence[ChunkId]) -> list[ChunkId]:
+        """Extend the leases of ``held``; returns those the worker should stop
+        (their job was cancelled, failed or is gone, or another worker finished them)."""
+        stop = self._caller.call(Method.HEARTBEAT.value, worker, host, wire(held))
+        return [ChunkId._make(c) for c in stop or ()]
 
     def exchange(
         self,
@@ -290,23 +412,31 @@ class BoardStub:
         results: Sequence[Result],
         want: int,
         wait: float,
+        held: Sequence[ChunkId] = (),
         *,
         timeout: float | None = None,
-    ) -> tuple[Ack, list[Lease]]:
-        ack, leases = self._caller.call(
-            Method.EXCHANGE.value, worker, host, wire(results), want, wait, timeout=timeout
+    ) -> tuple[Ack, list[Lease], list[ChunkId]]:
+        """complete + lease in one round trip; also says which ``held`` chunks to stop."""
+        ack, leases, stop = self._caller.call(
+            Method.EXCHANGE.value,
+            worker,
+            host,
+            [r.to_wire() for r in results],
+            want,
+            wait,
+            wire(held),
+            timeout=timeout,
         )
-        return ack, [Lease._make(t) for t in leases]
+        return ack, [Lease._make(t) for t in leases], [ChunkId._make(c) for c in stop]
 
     def complete(self, worker: str, host: str, results: Sequence[Result]) -> Ack:
-        ack: Ack = self._caller.call(Method.COMPLETE.value, worker, host, wire(results))
+        ack: Ack = self._caller.call(
+            Method.COMPLETE.value, worker, host, [r.to_wire() for r in results]
+        )
         return ack
 
     def goodbye(self, worker: str, held: Sequence[ChunkId]) -> int:
         return int(self._caller.call(Method.GOODBYE.value, worker, wire(held)))
-
-    def fail(self, worker: str, job_id: str, index: int, error: str) -> None:
-        self._caller.call(Method.FAIL.value, worker, job_id, index, error)
 
     # -- clients
 
@@ -318,17 +448,36 @@ class BoardStub:
         start: int = 0,
         stop: int = 0,
         items: Sequence[Any] | None = None,
+        step: int = 1,
+        options: JobOptions | None = None,
         *,
         timeout: float | None = None,
     ) -> SubmitReply:
         reply: SubmitReply = self._caller.call(
-            Method.SUBMIT.value, job_id, job, chunk_size, start, stop, items, timeout=timeout
+            Method.SUBMIT.value,
+            job_id,
+            job,
+            chunk_size,
+            start,
+            stop,
+            items,
+            step,
+            options,
+            timeout=timeout,
         )
         return reply
 
     def job(self, job_id: str) -> tuple[SpecWire, JobView]:
         spec, view = self._caller.call(Method.JOB.value, job_id)
         return spec, view
+
+    def jobs(self, limit: int) -> JobList:
+        reply: JobList = self._caller.call(Method.JOBS.value, limit)
+        return reply
+
+    def wait(self, job_id: str, wait: float, *, timeout: float) -> JobView:
+        view: JobView = self._caller.call(Method.WAIT.value, job_id, wait, timeout=timeout)
+        return view
 
     def fetch(
         self, job_id: str, after_seq: int, max_items: int, wait: float, *, timeout: float
@@ -337,6 +486,22 @@ class BoardStub:
             Method.FETCH.value, job_id, after_seq, max_items, wait, timeout=timeout
         )
         return [ResultRow._make(r) for r in rows], view
+
+    def fetch_ordered(
+        self, job_id: str, from_chunk: int, max_items: int, wait: float, *, timeout: float
+    ) -> tuple[list[ResultRow], JobView]:
+        rows, view = self._caller.call(
+            Method.FETCH_ORDERED.value, job_id, from_chunk, max_items, wait, timeout=timeout
+        )
+        return [ResultRow._make(r) for r in rows], view
+
+    def errors(self, job_id: str, limit: int) -> list[ErrorView]:
+        reply: list[ErrorView] = self._caller.call(Method.ERRORS.value, job_id, limit)
+        return reply
+
+    def cancel(self, job_id: str) -> JobView:
+        view: JobView = self._caller.call(Method.CANCEL.value, job_id)
+        return view
 
     def status(self) -> StatusView:
         view: StatusView = self._caller.call(Method.STATUS.value)

@@ -15,6 +15,7 @@ from typing import Any
 
 from taskfleet import defaults
 from taskfleet.client import Client
+from taskfleet.errors import TaskfleetError
 
 MIN_CHUNKS = 200
 """The smoke job has at least this many chunks (and 16 per expected worker)."""
@@ -83,17 +84,18 @@ def run(
     hosts = expect_hosts or []
     t_start = time.monotonic()
     deadline = t_start + timeout
-    timed_out: list[str] = []
+    problems: list[str] = []
     # Who is connected only decides when to start; the verdict is on results.
     wait_for_workers(client, expect_workers, hosts, min(deadline, t_start + timeout / 2))
     size = chunk_size or auto_chunk(count, max(expect_workers, len(hosts)))
     t0 = time.monotonic()
-    spec = client.submit("squares", n=count, chunk_size=size)
+    job = client.submit("squares", range(count), chunk_size=size)
     verified = wrong = 0
     workers: Counter[str] = Counter()
     by_host: Counter[str] = Counter()
     try:
-        for chunk in client.results(spec, timeout=max(1.0, deadline - time.monotonic())):
+        remaining = max(1.0, deadline - time.monotonic())
+        for chunk in job.chunks(ordered=False, timeout=remaining):
             n = len(chunk.items)
             bad = sum(1 for x, r in zip(chunk.items, chunk.results, strict=False) if r != x * x)
             bad += n - len(chunk.results) if len(chunk.results) < n else 0
@@ -102,10 +104,12 @@ def run(
             workers[chunk.worker] += n
             by_host[chunk.host] += n
     except TimeoutError as exc:
-        timed_out.append(f"timed out after {timeout:g}s ({exc})")
+        problems.append(f"timed out after {timeout:g}s ({exc})")
+    except TaskfleetError as exc:  # failed or cancelled
+        problems.append(str(exc))
     seconds = time.monotonic() - t0
     missing = count - verified - wrong
-    errors = timed_out
+    errors = problems
     if expect_workers and len(workers) < expect_workers:
         errors.append(
             f"{len(workers)} workers returned results, expected at least {expect_workers}"
@@ -117,16 +121,16 @@ def run(
         errors.append(f"{wrong} wrong results")
     if missing:
         errors.append(f"{missing} results missing")
-    if client.duplicates:
-        errors.append(f"{client.duplicates} duplicate chunks")
+    if job.duplicates:
+        errors.append(f"{job.duplicates} duplicate chunks")
     return SmokeReport(
         ok=not errors,
-        job_id=spec.id,
+        job_id=job.id,
         count=count,
         verified=verified,
         missing=missing,
         wrong=wrong,
-        duplicates=client.duplicates,
+        duplicates=job.duplicates,
         workers=dict(sorted(workers.items())),
         hosts=dict(sorted(by_host.items())),
         seconds=round(seconds, 3),

@@ -8,6 +8,17 @@ Threads and connections:
   * a heartbeat thread owns a second Session: it reports the chunks in hand
     (extending their leases), touches ``--heartbeat-file`` after every
     successful heartbeat, and notices a hung master by its own deadline.
+  * the pool's supervisor thread (:mod:`taskfleet.pool`) feeds the pool
+    processes and replaces any that dies.
+
+Both replies (exchange, heartbeat) name the chunks in hand the worker should
+stop — their job was cancelled or failed, or another worker finished them —
+and the pool drops them, killing the processes that run them.
+
+A chunk whose items failed (an exception, a hang past the job's item timeout,
+a pool process that died, an unpicklable result) still comes back as a
+result: the failures are described per item and the master decides whether
+the chunk runs again. The worker itself survives all of them.
 
 SIGTERM/SIGINT only set a flag (a call in flight is never interrupted): the
 worker stops leasing, finishes what it holds for a few seconds, sends those
@@ -16,34 +27,20 @@ results, gives the rest back, and exits 0 well within 10 s.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
-import multiprocessing
-import os
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from taskfleet import defaults, jobs
+from taskfleet import defaults
 from taskfleet.errors import AuthkeyRejected, ProtocolMismatch, Stopping, TaskfleetError
 from taskfleet.manager import Session
-from taskfleet.protocol import BoardStub, ChunkId, Lease, Result, Role
+from taskfleet.pool import Pool
+from taskfleet.protocol import BoardStub, ChunkId, Result, Role
 
 # Errors after which retrying cannot help: the worker exits with the message.
 _FATAL = (AuthkeyRejected, ProtocolMismatch)
-
-
-def _child_init() -> None:
-    # The worker process drains on SIGTERM/SIGINT; a process-group signal
-    # (Ctrl-C, an init forwarding to the group) must not kill chunks mid-run.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _noop() -> int:
-    return os.getpid()
 
 
 class Worker:
@@ -65,14 +62,12 @@ class Worker:
         self.heartbeat_file = heartbeat_file
         self.log = log
         self.stop = threading.Event()
-        self._held: dict[ChunkId, cf.Future[bytes]] = {}
-        self._held_lock = threading.Lock()
+        self.pool = Pool(processes, name, host, log)
         self._unacked: list[Result] = []
         # Until the master's hello reply says otherwise.
         self.lease_timeout = defaults.LEASE_TIMEOUT
         self.hb_interval = defaults.heartbeat_interval(defaults.LEASE_TIMEOUT)
         self._fatal: BaseException | None = None
-        self._failures: list[tuple[str, int, str]] = []
         self.chunks_done = 0
 
     # -- connection hooks ---------------------------------------------------------
@@ -92,9 +87,14 @@ class Worker:
         else:
             self.log.info("worker %s reconnected to %s", self.name, session.where)
 
-    def _held_ids(self) -> list[ChunkId]:
-        with self._held_lock:
-            return list(self._held)
+    def _stop_chunks(self, chunks: list[ChunkId]) -> None:
+        """The master says these chunks are no longer wanted: drop them from the pool."""
+        dropped = self.pool.cancel(chunks)
+        if dropped:
+            jobs_ = sorted({c.job_id for c in chunks})
+            self.log.info(
+                "stopped %d chunks the master no longer needs (job %s)", dropped, ", ".join(jobs_)
+            )
 
     def _touch_heartbeat_file(self) -> None:
         if not self.heartbeat_file:
@@ -124,8 +124,10 @@ class Worker:
         try:
             while not self.stop.is_set():
                 try:
-                    board.heartbeat(self.name, self.host, self._held_ids())
+                    stop = board.heartbeat(self.name, self.host, self.pool.keys())
                     self._touch_heartbeat_file()
+                    if stop:
+                        self._stop_chunks(stop)
                 except Stopping:
                     return
                 except _FATAL as exc:
@@ -142,18 +144,9 @@ class Worker:
         """Work until stopped; return the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: self.stop.set())
-        # fork, explicitly (3.14 defaults to forkserver): spawn/forkserver
-        # children re-run the __main__ script, and a console script written
-        # without an `if __name__ == "__main__"` guard would start a worker
-        # in every pool process. With fork, ProcessPoolExecutor starts all
-        # its processes on the first submit — here, before this process has
-        # any other thread, so fork() is safe.
-        ctx = multiprocessing.get_context("fork")
-        pool = cf.ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_child_init)
+        # The pool forks its processes now, before this process has any other thread.
+        self.pool.start()
         try:
-            # Start every pool process now, not on the first chunk.
-            for fut in [pool.submit(_noop) for _ in range(self.processes)]:
-                fut.result()
             session = Session(
                 self.address,
                 self._authkey,
@@ -168,7 +161,7 @@ class Worker:
                 board.ping()  # connect (hello) before heartbeats begin
                 hb = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
                 hb.start()
-                self._loop(board, pool)
+                self._loop(board)
             except Stopping:
                 pass
             except _FATAL as exc:
@@ -179,48 +172,51 @@ class Worker:
             session.close()
             return 0
         finally:
-            _kill_pool(pool)
+            self.pool.close()
 
-    def _collect(self, done: set[cf.Future[bytes]]) -> None:
-        with self._held_lock:
-            finished = [(cid, f) for cid, f in self._held.items() if f in done]
-            for cid, _ in finished:
-                del self._held[cid]
-        for (job_id, index), fut in finished:
-            exc = fut.exception()
-            if exc is None:
-                self._unacked.append(Result(job_id, index, fut.result()))
-            else:
-                self._report_failure(job_id, index, exc)
-
-    def _report_failure(self, job_id: str, index: int, exc: BaseException) -> None:
-        text = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
-        if isinstance(exc, cf.process.BrokenProcessPool):
+    def _collect(self) -> None:
+        """Move finished chunks from the pool to the results to send."""
+        for result in self.pool.take():
+            if result.failed:
+                first = result.errors[0] if result.errors else None
+                what = f"{first.type or first.kind}: {first.message}" if first else "?"
+                self.log.warning(
+                    "chunk %d of job %s: %d items failed (first: item %s, %s)",
+                    result.chunk,
+                    result.job_id,
+                    result.failed,
+                    first.item if first else "?",
+                    what[:300],
+                )
+            self._unacked.append(result)
+        if self.pool.error is not None:
             raise TaskfleetError(
-                "the worker's process pool broke (a pool process died)",
-                "restart the worker; check memory limits (dmesg) — its chunks are re-run elsewhere",
+                f"the worker's process pool failed: {self.pool.error!r}",
+                "restart the worker; its chunks are re-run elsewhere (see its log)",
             )
-        self.log.error("chunk %d of job %s failed: %s", index, job_id, text)
-        self._failures.append((job_id, index, text))
 
-    def _loop(self, board: BoardStub, pool: cf.ProcessPoolExecutor) -> None:
+    def _loop(self, board: BoardStub) -> None:
         capacity = defaults.PREFETCH_PER_PROCESS * self.processes
         call_timeout = defaults.WORKER_CALL_TIMEOUT
         while not self.stop.is_set():
-            for job_id, index, text in self._failures:
-                board.fail(self.name, job_id, index, text)
-            self._failures.clear()
-            held = len(self._held)
+            self._collect()
+            held = len(self.pool)
             want = capacity - held if held <= self.processes else 0
             batch = self._unacked[: defaults.MAX_RESULT_BATCH]
             if want == 0 and not batch:
-                self._wait(0.5)
+                self.pool.wait(0.5)
                 continue
             # Long-poll only when idle; otherwise keep the pool fed.
             wait = defaults.FETCH_WAIT if held == 0 and not batch else 0.0
             try:
-                ack, leases = board.exchange(
-                    self.name, self.host, batch, want, wait, timeout=call_timeout + wait
+                ack, leases, stop = board.exchange(
+                    self.name,
+                    self.host,
+                    batch,
+                    want,
+                    wait,
+                    self.pool.keys(),
+                    timeout=call_timeout + wait,
                 )
             except (*_FATAL, Stopping):
                 raise
@@ -232,32 +228,20 @@ class Worker:
                 continue
             del self._unacked[: len(batch)]
             self.chunks_done += ack["accepted"]
-            self._start(pool, leases)
-            if self._held and not self._unacked:
-                self._wait(0.5)
-
-    def _start(self, pool: cf.ProcessPoolExecutor, leases: list[Lease]) -> None:
-        for lease in leases:
-            fut = pool.submit(jobs.run_chunk, lease.job, lease.payload)
-            with self._held_lock:
-                self._held[ChunkId(lease.job_id, lease.chunk)] = fut
-
-    def _wait(self, timeout: float) -> None:
-        with self._held_lock:
-            futures = list(self._held.values())
-        if not futures:
-            self.stop.wait(timeout)
-            return
-        done, _ = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        if done:
-            self._collect(done)
+            if stop:
+                self._stop_chunks(stop)
+            self.pool.submit(leases)
+            if len(self.pool) and not self._unacked:
+                self.pool.wait(0.5)
 
     def _drain(self, session: Session, board: BoardStub) -> None:
         """Finish what we hold (bounded), send it, give the rest back."""
         deadline = time.monotonic() + defaults.DRAIN_SECONDS
-        self.log.info("worker %s draining: %d chunks in hand", self.name, len(self._held))
-        while self._held and time.monotonic() < deadline:
-            self._wait(max(0.05, min(0.5, deadline - time.monotonic())))
+        self.log.info("worker %s draining: %d chunks in hand", self.name, len(self.pool))
+        while len(self.pool) and time.monotonic() < deadline:
+            self.pool.wait(max(0.05, min(0.5, deadline - time.monotonic())))
+            self._collect()
+        self._collect()
         # Bounded calls from here on: the master may be gone.
         session.last_calls(2.0)
         sent = 0
@@ -267,7 +251,7 @@ class Worker:
                 board.complete(self.name, self.host, batch)
                 del self._unacked[: len(batch)]
                 sent += len(batch)
-            given_back = board.goodbye(self.name, self._held_ids())
+            given_back = board.goodbye(self.name, self.pool.keys())
             self.log.info(
                 "worker %s drained: %d results sent, %d chunks given back; exiting",
                 self.name,
@@ -281,16 +265,3 @@ class Worker:
                 self.name,
                 exc,
             )
-
-
-def _kill_pool(pool: cf.ProcessPoolExecutor) -> None:
-    """Stop pool processes now; never wait on a stuck chunk at exit."""
-    procs: dict[int, Any] = dict(getattr(pool, "_processes", None) or {})
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs.values():
-        try:
-            proc.terminate()
-        except Exception:  # noqa: S110 - already gone is fine
-            pass
-    for proc in procs.values():
-        proc.join(timeout=1.0)

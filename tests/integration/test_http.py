@@ -27,6 +27,7 @@ from tests.integration.conftest import Cluster, free_port
 from tests.waiting import wait_for
 
 SLOW = "tests.integration.testjobs:slow_square"
+EXPLODE = "tests.integration.testjobs:explode"  # raises on item 7
 
 
 class Http:
@@ -190,6 +191,41 @@ def test_metrics_pass_promtool_and_count_what_happened(cluster: Cluster, tmp_pat
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.strip() == b"" and check.stderr.strip() == b"", "promtool lint findings"
+
+
+def test_failed_retried_skipped_and_cancelled_jobs_show_in_the_metrics(cluster: Cluster) -> None:
+    http = start(cluster)
+    cluster.worker("w1")
+    base = ("--range", "20", "--chunk-size", "5", "--json")
+    # item 7 fails three times (retries 2): the job fails; then the same with skip.
+    assert cluster.client("submit", EXPLODE, *base).returncode == 1
+    assert cluster.client("submit", EXPLODE, *base, "--on-error", "skip").returncode == 3
+    r = cluster.client("submit", SLOW, "--range", "100000", "--chunk-size", "50", "--no-wait")
+    assert r.returncode == 0, r.stderr
+    assert cluster.client("cancel", r.stdout.strip()).returncode == 0
+
+    def settled() -> dict[str, float] | None:
+        m = http.metrics()
+        return m if m['taskfleet_jobs{state="cancelled"}'] == 1 else None
+
+    m = wait_for("the sampler to see the cancelled job", settled, timeout=15)
+    assert m['taskfleet_jobs{state="failed"}'] == 1 and m['taskfleet_jobs{state="done"}'] == 1
+    assert m['taskfleet_jobs{state="running"}'] == m['taskfleet_jobs{state="pending"}'] == 0
+    assert m["taskfleet_chunk_attempts_failed_total"] == 6  # 3 attempts of one chunk, twice
+    assert m["taskfleet_chunk_retries_total"] == 4  # the first two of each job's three
+    assert m["taskfleet_items_failed_total"] == 2  # one item of each job, for good
+    # Failed and cancelled jobs are outcomes, not a sick cluster.
+    assert m["taskfleet_healthy"] == 1 and m["taskfleet_problems"] == 0
+    _, _, body = http.get("/api/dashboard")
+    doc = json.loads(body)
+    assert doc["jobs_by_state"] == {
+        "pending": 0,
+        "running": 0,
+        "done": 1,
+        "failed": 1,
+        "cancelled": 1,
+    }
+    assert {j["state"] for j in doc["jobs"]} == {"failed", "done", "cancelled"}
 
 
 def test_lease_expiries_are_counted(cluster: Cluster) -> None:

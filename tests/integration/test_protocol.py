@@ -22,6 +22,7 @@ from taskfleet.protocol import (
     PROTOCOL_VERSION,
     BoardStub,
     ChunkId,
+    ItemFailure,
     JobState,
     Lease,
     Method,
@@ -106,15 +107,27 @@ def test_every_reply_is_plain_data_and_the_stub_rebuilds_the_shapes(master: Mast
     replies["submit"] = service.submit("jr", "squares", 10, 0, 25)
     replies["submit items"] = service.submit("ji", "squares", 2, items=[3, 4, 5])
     replies["lease"] = leases = service.lease("w1", 4)
-    results = [(job, chunk, pickle.dumps([x * x for x in range(3)])) for job, chunk, _, _ in leases]
+    results = [(job, chunk, pickle.dumps([x * x for x in range(3)])) for job, chunk, *_ in leases]
     replies["exchange"] = service.exchange("w1", "hostA", results, 2)
     replies["heartbeat"] = service.heartbeat("w1", "hostA", [("jr", 2)])
+    service.submit("jf", "squares", 5, 0, 10)
+    assert [lease[:2] for lease in service.lease("w1", 1)] == [("jf", 0)]
+    failed = Result("jf", 0, pickle.dumps([0]), 1, [ItemFailure(3, "exception", "E", "m", "3", "")])
+    assert _globals_in(failed.to_wire()) == [], "a failed result is sent as plain data"
+    replies["exchange failed"] = service.exchange("w1", "hostA", [failed.to_wire()], 0, 0, [])
     replies["job"] = service.job("ji")
+    replies["jobs"] = service.jobs(10)
+    replies["wait"] = service.wait("jr", 0.0)
     replies["fetch"] = service.fetch("jr", 0, 1000, 0.0)
+    replies["fetch ordered"] = service.fetch_ordered("jr", 0, 1000, 0.0)
+    replies["errors"] = service.errors("jf", 10)
+    replies["cancel"] = service.cancel("ji")
     replies["status"] = service.status()
     replies["goodbye"] = service.goodbye("w1", [])
     for name, reply in replies.items():
         assert _globals_in(reply) == [], f"{name} reply pickles class references"
+    assert replies["errors"][0]["message"] == "m" and replies["errors"][0]["index"] == 3
+    assert replies["cancel"]["state"] == "cancelled"
 
     session = Session(_address(master), KEY, "stub", timeout=5)
     try:
@@ -123,7 +136,8 @@ def test_every_reply_is_plain_data_and_the_stub_rebuilds_the_shapes(master: Mast
         assert hello["protocol"] == PROTOCOL_VERSION and hello["lease_timeout"] == 10.0
         submitted = stub.submit("jz", "squares", 5, 0, 5)
         assert submitted == {"id": "jz", "job": "squares", "n_items": 5, "n_chunks": 1}
-        _, leases2 = stub.exchange("w2", "hostB", [], 1, 0.0)
+        _, leases2, stop = stub.exchange("w2", "hostB", [], 1, 0.0, [ChunkId("ji", 0)])
+        assert stop == [ChunkId("ji", 0)], "a cancelled job's chunk is to be stopped"
         assert all(isinstance(lease, Lease) for lease in leases2)
         lease = leases2[0]
         ack = stub.complete("w2", "hostB", [Result(lease.job_id, lease.chunk, pickle.dumps(["r"]))])

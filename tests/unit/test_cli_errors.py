@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,3 +188,38 @@ def test_healthcheck_worker_stale_file(capsys: pytest.CaptureFixture[str], tmp_p
     assert code == 1
     assert err.startswith(f"taskfleet: error: heartbeat file {hb} is ")
     assert err.endswith("s old (limit 30s) — the worker cannot reach the master; see its log")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["submit", "squares", "--range", "5", "--on-error", "ignore"],
+            # argparse quotes the choices from Python 3.12 on
+            "argument --on-error: invalid choice: 'ignore' (choose from *fail*, *skip*)"
+            " — see 'taskfleet submit --help'",
+        ),
+        (
+            ["submit", "squares", "--range", "5", "--retries", "-1"],
+            "argument --retries: '-1' must be at least 0 — see 'taskfleet submit --help'",
+        ),
+        (
+            ["submit", "squares", "--range", "5", "--item-timeout", "0"],
+            "argument --item-timeout: '0' must be greater than 0 — see 'taskfleet submit --help'",
+        ),
+        (
+            ["master", "--keep-for", "7 days"],
+            "argument --keep-for: '7 days' is not a duration (use e.g. 90s, 30m, 12h, 7d;"
+            " 0 for no limit) — see 'taskfleet master --help'",
+        ),
+        (
+            ["cancel"],
+            "the following arguments are required: JOB_ID — see 'taskfleet cancel --help'",
+        ),
+    ],
+)
+def test_bad_job_control_options_are_one_line_usage_errors(
+    capsys: pytest.CaptureFixture[str], key: str, argv: list[str], message: str
+) -> None:
+    code, err = run(capsys, *argv, "--authkey-file", key)
+    assert code == 2 and fnmatch.fnmatchcase(err, f"taskfleet: error: {message}"), err

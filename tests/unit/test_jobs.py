@@ -1,14 +1,16 @@
-"""Jobs by name: built in, module:function, entry points; refused when unknown."""
+"""Jobs by name: built in, module:function, entry points; refused when unknown.
+Running a chunk: each item's failure is recorded where it happened, as text."""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from taskfleet import jobs
-from taskfleet.errors import BadJobArguments, UnknownJob
+from taskfleet import defaults, jobs
+from taskfleet.errors import BadJobArguments, ItemError, UnknownJob
 
 
 def test_squares_is_built_in() -> None:
@@ -51,9 +53,13 @@ def test_squares_refuses_items_that_are_not_numbers() -> None:
     )
 
 
-def test_run_chunk_returns_pickled_results_for_ranges_and_items() -> None:
-    assert pickle.loads(jobs.run_chunk("squares", ("range", 3, 6))) == [9, 16, 25]
-    assert pickle.loads(jobs.run_chunk("squares", ("items", [7, -2]))) == [49, 4]
+def test_run_segment_returns_pickled_results_for_ranges_and_items() -> None:
+    blob, failed, failures = jobs.run_segment("squares", ("range", 3, 6), 0, 3, stop_on_error=True)
+    assert (pickle.loads(blob), failed, failures) == ([9, 16, 25], 0, [])
+    blob, failed, failures = jobs.run_segment(
+        "squares", ("items", [7, -2]), 0, 2, stop_on_error=True
+    )
+    assert (pickle.loads(blob), failed, failures) == ([49, 4], 0, [])
 
 
 def test_entry_point_jobs_resolve_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,3 +71,94 @@ def test_entry_point_jobs_resolve_by_name(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "factorial_ep" in jobs.available()
     assert jobs.resolve("factorial_ep")(4) == 24
+
+
+# -- running a chunk: failures per item ---------------------------------------------------
+
+TESTJOBS = "tests.integration.testjobs"
+
+
+def run(
+    job: str, payload: tuple[Any, ...], *, stop: bool = False
+) -> tuple[list[Any], int, list[Any]]:
+    data = jobs.chunk_data(payload)
+    blob, failed, failures = jobs.run_segment(
+        job, payload, 0, len(data), stop_on_error=stop, worker="w1", host="hostA"
+    )
+    return jobs.decode_results(blob), failed, failures
+
+
+def test_an_exception_fails_its_item_and_keeps_the_other_results() -> None:
+    results, failed, (failure,) = run(f"{TESTJOBS}:explode", ("range", 5, 10))
+    assert failed == 1
+    assert results[:2] == [5, 6] and results[3:] == [8, 9]
+    placeholder = results[2]
+    assert isinstance(placeholder, ItemError)
+    assert (placeholder.index, placeholder.item, placeholder.kind) == (2, "7", "exception")
+    assert (placeholder.worker, placeholder.host, placeholder.traceback) == ("w1", "hostA", "")
+    assert failure.position == 2 and failure.type == "ValueError"
+    assert failure.message == "seven is not allowed"
+    assert failure.traceback.startswith("Traceback (most recent call last):\n")
+    assert 'raise ValueError("seven is not allowed")' in failure.traceback
+    assert "taskfleet/jobs.py" not in failure.traceback, "it starts in the job function"
+
+
+def test_a_job_that_fails_at_its_first_error_stops_there() -> None:
+    results, failed, failures = run(f"{TESTJOBS}:explode", ("range", 5, 10), stop=True)
+    assert failed == 1 and len(failures) == 1 and len(results) == 3
+
+
+def test_an_exception_pickle_cannot_rebuild_is_described_as_text() -> None:
+    _, failed, (failure,) = run(f"{TESTJOBS}:odd_exception", ("items", [6, 7, 8]))
+    assert failed == 1
+    assert failure.type == "tests.integration.testjobs.TwoArgError"
+    assert failure.message == "code 42: the answer"
+
+
+def test_a_result_that_cannot_be_pickled_fails_its_item() -> None:
+    results, failed, (failure,) = run(f"{TESTJOBS}:unpicklable", ("range", 6, 9))
+    assert failed == 1 and results[0] == 6 and results[2] == 8
+    assert failure.kind == "unpicklable" and failure.item == "7"
+    assert failure.message.startswith("its result cannot be pickled: cannot pickle")
+
+
+def test_sys_exit_in_a_job_function_fails_the_item_not_the_process() -> None:
+    results, failed, (failure, _) = run("sys:exit", ("items", [0, "bye"]))
+    assert failed == 2 and failure.type == "SystemExit"
+    assert all(isinstance(r, ItemError) for r in results)
+
+
+def test_only_the_first_failures_of_a_chunk_carry_a_traceback() -> None:
+    results, failed, failures = run("math:sqrt", ("range", -20, 0))
+    assert failed == 20 and len(failures) == defaults.MAX_CHUNK_ERRORS
+    assert all(isinstance(r, ItemError) and r.message == "math domain error" for r in results)
+
+
+def test_a_job_name_the_worker_cannot_resolve_fails_every_item() -> None:
+    results, failed, (failure, *_) = run("no_such_module:f", ("range", 0, 3))
+    assert failed == 3 and failure.type == "taskfleet.errors.UnknownJob"
+    assert [r.index for r in results] == [0, 1, 2]
+
+
+def test_error_texts_are_bounded() -> None:
+    assert len(jobs.safe_repr("x" * 10_000)) == defaults.ERROR_ITEM_CHARS
+    assert jobs.safe_repr(10**5000).startswith("<int object (repr failed: ValueError)")
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    assert jobs.safe_repr(Broken()).endswith(".Broken object (repr failed: RuntimeError)>")
+    failure = jobs.describe(ValueError("m" * 5000), 0, 1)
+    assert len(failure.message) == defaults.ERROR_MESSAGE_CHARS
+
+
+def test_a_chunk_run_in_pieces_reads_back_as_one_list() -> None:
+    parts = [
+        pickle.dumps([1, 2]),
+        pickle.dumps([ItemError(2, "3", "crash", "", "died")]),
+        pickle.dumps([4]),
+    ]
+    results = jobs.decode_results(jobs.join_blobs(parts))
+    assert results[:2] == [1, 2] and results[3] == 4 and isinstance(results[2], ItemError)
+    assert jobs.join_blobs(parts[:1]) == parts[0]

@@ -9,6 +9,8 @@ from taskfleet.protocol import JobState
 
 LIVE = metrics.Live(
     lease_expiries=3,
+    failed_attempts=6,
+    retries=4,
     handshakes_refused=2,
     cpu_seconds=1.25,
     rss_bytes=30_000_000,
@@ -72,6 +74,8 @@ def test_samples_carry_the_values_of_the_status() -> None:
         "taskfleet_items_failed_total 0",
         "taskfleet_duplicates_dropped_total 1",
         "taskfleet_lease_expiries_total 3",
+        "taskfleet_chunk_attempts_failed_total 6",
+        "taskfleet_chunk_retries_total 4",
         "taskfleet_handshakes_refused_total 2",
         "taskfleet_journal_bytes 8192",
         "taskfleet_journal_disk_free_bytes 10",
@@ -90,6 +94,14 @@ def test_every_job_state_is_a_series_even_at_zero() -> None:
     for state in JobState:
         expected = 1 if state.value in ("running", "done") else 0
         assert f'taskfleet_jobs{{state="{state.value}"}} {expected}' in lines
+
+
+def test_jobs_by_state_count_every_job_the_master_keeps_not_only_the_listed_ones() -> None:
+    by_state = {"pending": 0, "running": 1, "done": 40, "failed": 2, "cancelled": 3}
+    status = {**STATUS, "jobs_by_state": by_state, "jobs_not_listed": 43}
+    lines = metrics.render(status, TOTALS, [], LIVE).splitlines()
+    for state, n in by_state.items():
+        assert f'taskfleet_jobs{{state="{state}"}} {n}' in lines
 
 
 def test_label_values_are_escaped() -> None:

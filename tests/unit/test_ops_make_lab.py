@@ -74,6 +74,20 @@ def test_a_lab_named_on_the_command_line_drops_another_labs_overrides() -> None:
     )
 
 
+def test_make_test_runs_e2e_on_its_own_lab_unless_a_lab_is_named() -> None:
+    """The e2e fixture picks its own lab when TASKFLEET_LAB is unset: make must not set it
+    from LAB's default, or `make test` would rebuild the demo's lab."""
+    e2e_line = next(ln for ln in make("-n", "test").splitlines() if "tests/e2e" in ln)
+    assert e2e_line.startswith(
+        "env -u TASKFLEET_LAB -u TASKFLEET_LAB_SUBNET -u TASKFLEET_LAB_INVENTORY "
+    )
+    for args, env in ((["LAB=ux"], None), ([], OPS_ENV)):
+        named = next(
+            ln for ln in make("-n", "test", *args, env=env).splitlines() if "tests/e2e" in ln
+        )
+        assert named.startswith(".venv/bin/pytest tests/e2e"), named
+
+
 def test_help_shows_every_setting_with_its_default() -> None:
     text = re.sub(r"\x1b\[[0-9;]*m", "", make("help"))
     for name, default in (("LAB", "local"), ("INVENTORY", "empty"), ("COUNT", "10000")):

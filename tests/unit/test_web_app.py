@@ -13,7 +13,7 @@ from taskfleet import metrics
 from taskfleet.observe import Observer
 from taskfleet.web import WebApp, load_static, parse_request_line
 
-LIVE = metrics.Live(0, 0, 0.0, 1, 0.0, 1, None, {}, {})
+LIVE = metrics.Live(0, 0, 0, 0, 0.0, 1, 0.0, 1, None, {}, {})
 
 
 def status() -> Any:

@@ -38,7 +38,7 @@ from taskfleet.ops.ssh import HostResult, PrefixWriter, connect, explain, run, r
 #: How long scale/restart wait for containers to be healthy and seen by the master.
 READY_TIMEOUT = 180.0
 POLL_INTERVAL = 1.0
-#: Finished jobs shown in the status table (the JSON has all of them).
+#: Finished jobs shown in the status table (the JSON has the master's 20 latest).
 SHOWN_DONE = 5
 
 out = Console(highlight=False, soft_wrap=True)
@@ -257,9 +257,10 @@ def status(inv: Inventory, as_json: bool = False) -> int:
         for column in ("JOB", "NAME", "STATE", "PENDING", "LEASED", "DONE", "ITEMS"):
             jobs.add_column(column)
         all_jobs = master.get("jobs", [])
-        # Every running job, but only the latest finished ones: the journal keeps them all.
-        done = [j for j in all_jobs if j.get("state") != "running"]
-        shown = [j for j in all_jobs if j.get("state") == "running" or j in done[-SHOWN_DONE:]]
+        # Every pending or running job, but only the latest finished ones.
+        active = ("pending", "running")
+        done = [j for j in all_jobs if j.get("state") not in active]
+        shown = [j for j in all_jobs if j.get("state") in active or j in done[-SHOWN_DONE:]]
         for j in shown:
             chunks = j.get("chunks", {})
             jobs.add_row(
@@ -273,10 +274,11 @@ def status(inv: Inventory, as_json: bool = False) -> int:
             )
         if all_jobs:
             out.print(jobs)
-            if len(shown) < len(all_jobs):
+            hidden = len(all_jobs) - len(shown) + int(master.get("jobs_not_listed", 0))
+            if hidden:
                 out.print(
-                    f"({len(all_jobs) - len(shown)} older finished job(s) not shown; "
-                    "--json lists them all)"
+                    f"({hidden} older finished job(s) not shown; "
+                    "taskfleet jobs on the master lists them)"
                 )
         else:
             out.print("no jobs")

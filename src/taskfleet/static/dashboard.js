@@ -86,7 +86,10 @@ function drawTiles(doc) {
   $("t-done").textContent = count(doc.items_done_total);
   const running = doc.jobs.filter((j) => j.state === "running" || j.state === "pending").length;
   $("t-jobs").textContent = String(running);
-  $("t-jobs-sub").textContent = `${doc.jobs.length} listed`;
+  // Finished jobs by state, over every job the master keeps (listed or not).
+  const by = doc.jobs_by_state || {};
+  const ended = ["done", "failed", "cancelled"].filter((s) => by[s]).map((s) => `${count(by[s])} ${s}`);
+  $("t-jobs-sub").textContent = ended.length ? ended.join(" · ") : `${doc.jobs.length} listed`;
   $("t-mem").textContent = m.process ? bytes(m.process.rss_bytes) : "–";
   $("t-cpu").textContent = m.process ? `CPU ${duration(m.process.cpu_seconds)} used` : "";
   $("t-journal").textContent = m.journal ? bytes(m.journal.bytes) : "–";
@@ -168,7 +171,8 @@ function drawJobs(doc) {
   }
   $("jobs").replaceChildren(...rows);
   $("no-jobs").hidden = doc.jobs.length > 0;
-  $("jobs-hint").textContent = doc.jobs.length > jobs.length ? `${jobs.length} of ${doc.jobs.length} shown` : "";
+  const total = doc.jobs.length + (doc.jobs_not_listed || 0);
+  $("jobs-hint").textContent = total > jobs.length ? `${jobs.length} of ${total} shown (taskfleet jobs lists them all)` : "";
 }
 
 function drawHosts(doc) {
