@@ -216,7 +216,9 @@ class Client:
         # the job twice.
         job_id = secrets.token_hex(6)
         if isinstance(items, range):
-            self.board.submit(job_id, job, size, items.start, items.stop, None, items.step, opts)
+            reply = self.board.submit(
+                job_id, job, size, items.start, items.stop, None, items.step, opts
+            )
             spec = JobSpec(
                 job_id,
                 job,
@@ -229,10 +231,11 @@ class Client:
                 opts["retries"],
                 opts["on_error"],
                 opts["item_timeout"],
+                reply.get("code_version", ""),
             )
         else:
             listed = list(items)
-            self.board.submit(
+            reply = self.board.submit(
                 job_id, job, size, 0, 0, listed, 1, opts, timeout=SUBMIT_ITEMS_TIMEOUT
             )
             spec = JobSpec(
@@ -244,6 +247,7 @@ class Client:
                 retries=opts["retries"],
                 on_error=opts["on_error"],
                 item_timeout=opts["item_timeout"],
+                code_version=reply.get("code_version", ""),
             )
         return Job(self, job_id, spec=spec)
 

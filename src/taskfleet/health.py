@@ -11,8 +11,10 @@ Problems (docs/operations.md):
 * fewer workers connected than expected (``--expect-workers K``);
 * a worker silent for longer than the lease timeout (it did not say goodbye);
 * a job that cannot progress: work left and no connected worker able to run
-  it (none at all, or none with the job's code version when both sides report
-  one);
+  it (none at all, or none with the job package it was submitted from);
+* a job whose chunks run on other code than it was submitted with: its job
+  package is on the workers, but none has the version the master resolved at
+  submit (workers run whatever version they have; an upgrade mid-job);
 * the journal's file system nearly full;
 * a TLS certificate (the master's or the CA's) close to expiry or expired.
 
@@ -31,10 +33,8 @@ from taskfleet.protocol import JobState
 #: Job states in which chunks are still handed out (``pending``: submitted, none leased yet).
 _ACTIVE = {JobState.RUNNING.value, JobState.PENDING.value}
 
-#: The job's code version (a job records what it was submitted against), and per worker
-#: the versions of the job packages it has, ``{job: version}``.
-JOB_VERSION_KEY = "code_version"
-WORKER_VERSIONS_KEY = "job_versions"
+#: A built-in job's distribution: taskfleet itself, which hello's protocol check covers.
+_BUILTIN_DIST = "taskfleet"
 
 
 def _size(n: float) -> str:
@@ -64,14 +64,34 @@ def _workers_problems(status: Mapping[str, Any], expect_workers: int) -> list[st
     return problems
 
 
-def _can_run(job: Mapping[str, Any], worker: Mapping[str, Any]) -> bool:
-    """Whether ``worker`` may take ``job``'s chunks: any worker may, unless both report a
-    code version and they differ (a job never mixes versions)."""
-    wanted = job.get(JOB_VERSION_KEY)
-    have = worker.get(WORKER_VERSIONS_KEY)
-    if not wanted or not isinstance(have, Mapping):
-        return True
-    return bool(have.get(job.get("job")) == wanted)
+def _code_problem(job: Mapping[str, Any], workers: Sequence[Mapping[str, Any]]) -> str | None:
+    """Whether the connected workers have the code ``job`` was submitted with.
+
+    A job's ``code_version`` is ``"<distribution> <version>"``; each worker reports its
+    job packages, ``{distribution: version}`` (only distributions with ``taskfleet.jobs``
+    entry points). A job named by an entry point whose distribution no worker has cannot
+    run anywhere; a distribution the workers have at other versions only runs on other
+    code. A ``module:function`` owned by a distribution no worker reports is no job
+    package: nothing to judge. Built-in jobs and an unknown version are skipped too.
+    """
+    dist, _, version = str(job.get("code_version") or "").partition(" ")
+    if not dist or not version or dist == _BUILTIN_DIST:
+        return None
+    have = {
+        str(v)
+        for w in workers
+        if isinstance(w.get("job_packages"), Mapping) and (v := w["job_packages"].get(dist))
+    }
+    if version in have:
+        return None
+    if have:
+        return (
+            f"runs on other code: submitted with {dist} {version}, the connected workers"
+            f" have {', '.join(sorted(have))}"
+        )
+    if ":" not in str(job.get("job", "")):
+        return f"cannot progress: no connected worker has its job package {dist}"
+    return None
 
 
 def _jobs_problems(status: Mapping[str, Any]) -> list[str]:
@@ -86,11 +106,8 @@ def _jobs_problems(status: Mapping[str, Any]) -> list[str]:
         name = f"job {job.get('id', '?')} ({job.get('job', '?')})"
         if not workers:
             problems.append(f"{name} cannot progress: no worker is connected")
-        elif not any(_can_run(job, w) for w in workers):
-            problems.append(
-                f"{name} cannot progress: no connected worker has its code version"
-                f" {job.get(JOB_VERSION_KEY)}"
-            )
+        elif (problem := _code_problem(job, workers)) is not None:
+            problems.append(f"{name} {problem}")
     return problems
 
 

@@ -88,6 +88,7 @@ _ADDED_COLUMNS = (
     ("jobs", "item_timeout", "REAL"),
     ("jobs", "items_failed", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "finished", "REAL"),
+    ("jobs", "code_version", "TEXT NOT NULL DEFAULT ''"),
     ("done", "failed", "INTEGER NOT NULL DEFAULT 0"),
 )
 
@@ -186,7 +187,8 @@ class Journal:
         with self._wlock, self._w:
             self._w.execute(
                 "INSERT INTO jobs (id, job, chunk_size, start, stop, items, created,"
-                " step, retries, on_error, item_timeout) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " step, retries, on_error, item_timeout, code_version)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     spec.id,
                     spec.job,
@@ -199,6 +201,7 @@ class Journal:
                     spec.retries,
                     spec.on_error,
                     spec.item_timeout,
+                    spec.code_version,
                 ),
             )
 
@@ -295,7 +298,7 @@ class Journal:
         with self._rlock:
             rows = self._r.execute(
                 "SELECT id, job, chunk_size, start, stop, items, created, state, error, duplicates,"
-                " step, retries, on_error, item_timeout, items_failed, finished"
+                " step, retries, on_error, item_timeout, items_failed, finished, code_version"
                 " FROM jobs ORDER BY created, rowid"
             ).fetchall()
         out = []
@@ -316,6 +319,7 @@ class Journal:
             item_timeout,
             items_failed,
             finished,
+            code_version,
         ) in rows:
             spec = JobSpec(
                 id=jid,
@@ -329,6 +333,7 @@ class Journal:
                 retries=retries,
                 on_error=on_error,
                 item_timeout=item_timeout,
+                code_version=code_version,
             )
             out.append(JournaledJob(spec, JobState(state), error, dups, items_failed, finished))
         return out

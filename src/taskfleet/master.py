@@ -95,6 +95,18 @@ def check_options(options: Any) -> JobOptions:
     return JobOptions(retries=retries, on_error=str(on_error), item_timeout=item_timeout)
 
 
+def _packages(value: Any) -> dict[str, str]:
+    """A worker's job packages as it said them at hello, kept to plain short strings
+    (they go into every ``status``); anything else is dropped."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        k[:100]: v[:100]
+        for k, v in list(value.items())[: defaults.MAX_WORKER_JOB_PACKAGES]
+        if isinstance(k, str) and isinstance(v, str)
+    }
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -147,12 +159,16 @@ class BoardService:
     def _peer(self) -> str:
         return self.server.peer() if self.server is not None else ""
 
-    def _joined(self, worker: str, host: str, processes: int = 0) -> None:
-        if self.board.note_seen(worker, host, processes):
+    def _joined(
+        self, worker: str, host: str, processes: int = 0, packages: dict[str, str] | None = None
+    ) -> None:
+        if self.board.note_seen(worker, host, processes, packages):
             with self._lost_lock:
                 self._hosts[worker] = host or worker
                 self._lost.pop(worker, None)
             extra = f", {processes} processes" if processes else ""
+            if packages:
+                extra += ", jobs " + ", ".join(f"{n} {v}" for n, v in packages.items())
             self.log.info(
                 "worker %s joined (host %s%s, from %s)", worker, host, extra, self._peer() or "?"
             )
@@ -164,8 +180,22 @@ class BoardService:
             ok=True, version=__version__, protocol=PROTOCOL_VERSION, address=self.address
         )
 
-    def hello(self, protocol: int, role: str, name: str, host: str, processes: int) -> HelloReply:
-        """First call on every connection: refuse another protocol; a worker joins the board."""
+    def hello(
+        self,
+        protocol: int,
+        role: str,
+        name: str,
+        host: str,
+        processes: int,
+        job_packages: dict[str, str] | None = None,
+        *later: Any,
+    ) -> HelloReply:
+        """First call on every connection: refuse another protocol; a worker joins the board
+        with the job packages it has (distribution → version).
+
+        Arguments a later protocol version adds (``later``) are taken and ignored, so a
+        newer peer gets the version check's one line, not an argument error.
+        """
         if protocol != PROTOCOL_VERSION:
             self.log.warning(
                 "refused %s %s from %s: it speaks protocol %s, this master %d",
@@ -181,7 +211,7 @@ class BoardService:
                 "run the same taskfleet version on the master, the workers and the clients",
             )
         if role == Role.WORKER:
-            self._joined(name, host, processes)
+            self._joined(name, host, processes, _packages(job_packages))
         lt = self.board.lease_timeout
         return HelloReply(
             protocol=PROTOCOL_VERSION,
@@ -430,14 +460,16 @@ class BoardService:
                     opts["retries"],
                     opts["on_error"],
                     opts["item_timeout"],
+                    jobs.code_version(job),
                 )
                 self.journal.add_job(spec)
                 self.board.add_job(spec)
                 self._job_started[job_id] = time.monotonic()
                 self.log.info(
-                    "job %s submitted: %s over %d items in %d chunks (retries %d, on error %s%s)",
+                    "job %s submitted: %s%s over %d items in %d chunks (retries %d, on error %s%s)",
                     job_id,
                     job,
+                    f" ({spec.code_version})" if spec.code_version else "",
                     spec.n_items,
                     spec.n_chunks,
                     spec.retries,
@@ -445,7 +477,13 @@ class BoardService:
                     f", item timeout {spec.item_timeout:g}s" if spec.item_timeout else "",
                 )
                 self._changed()
-        return SubmitReply(id=spec.id, job=spec.job, n_items=spec.n_items, n_chunks=spec.n_chunks)
+        return SubmitReply(
+            id=spec.id,
+            job=spec.job,
+            n_items=spec.n_items,
+            n_chunks=spec.n_chunks,
+            code_version=spec.code_version,
+        )
 
     def _spec(self, job_id: str) -> JobSpec:
         if not isinstance(job_id, str) or not self.board.has_job(job_id):

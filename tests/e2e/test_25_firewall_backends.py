@@ -91,7 +91,8 @@ def test_ufw_backend_replaces_nftables_and_guards_the_manager_port(
     allowed = sorted(
         re.findall(rf"{PORT}/tcp +ALLOW IN +(\S+) +# taskfleet manager client", "\n".join(rules))
     )
-    assert allowed == sorted(lab.hosts[w] for w in lab.workers), rules
+    # The worker hosts, and the control node (inventory/local/group_vars: client sources).
+    assert allowed == sorted([*(lab.hosts[w] for w in lab.workers), lab.cfg.gateway]), rules
     # Each port's deny rule comes after its allow rules (ufw stops at the first match).
     for port, allow, deny in (
         (PORT, "manager client", "manager others"),

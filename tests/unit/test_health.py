@@ -88,15 +88,39 @@ def test_finished_jobs_and_jobs_without_chunks_left_need_no_worker() -> None:
     assert health.assess(doc) == []
 
 
-def test_a_job_no_worker_has_the_code_version_for_cannot_progress() -> None:
+def test_a_job_whose_package_no_worker_has_cannot_progress() -> None:
     doc = status()
-    doc["jobs"][0]["code_version"] = "2.0"
+    doc["jobs"][0].update(job="primes", code_version="taskfleet-primes 1.0.0")
     for w in doc["workers"]:
-        w["job_versions"] = {"squares": "1.0"}
+        w["job_packages"] = {}
     assert health.assess(doc) == [
-        "job j1 (squares) cannot progress: no connected worker has its code version 2.0"
+        "job j1 (primes) cannot progress: no connected worker has its job package taskfleet-primes"
     ]
-    doc["workers"][1]["job_versions"] = {"squares": "2.0"}
+    doc["workers"][1]["job_packages"] = {"taskfleet-primes": "1.0.0"}
+    assert health.assess(doc) == []
+
+
+def test_a_job_whose_version_no_worker_has_runs_on_other_code() -> None:
+    doc = status()
+    doc["jobs"][0].update(job="primes", code_version="taskfleet-primes 1.0.0")
+    doc["workers"][0]["job_packages"] = {"taskfleet-primes": "1.1.0"}
+    doc["workers"][1]["job_packages"] = {"taskfleet-primes": "1.2.0"}
+    assert health.assess(doc) == [
+        "job j1 (primes) runs on other code: submitted with taskfleet-primes 1.0.0,"
+        " the connected workers have 1.1.0, 1.2.0"
+    ]
+
+
+def test_built_in_jobs_and_functions_of_other_distributions_are_not_judged() -> None:
+    doc = status()
+    doc["jobs"][0]["code_version"] = "taskfleet 0.2.0"  # squares: the hello checks taskfleet
+    for w in doc["workers"]:
+        w["job_packages"] = {"taskfleet-primes": "1.0.0"}
+    assert health.assess(doc) == []
+    # A module:function of a distribution that is no job package (workers list only those).
+    doc["jobs"][0].update(job="numpy.linalg:norm", code_version="numpy 1.26.4")
+    assert health.assess(doc) == []
+    doc["jobs"][0]["code_version"] = ""  # no distribution owns it
     assert health.assess(doc) == []
 
 

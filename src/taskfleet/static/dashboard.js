@@ -147,7 +147,7 @@ function drawJobs(doc) {
     const tr = el("tr");
     tr.dataset.job = j.id;
     const name = el("td");
-    name.append(el("div", "jobname", j.job), el("div", "jobid", j.id));
+    name.append(el("div", "jobname", j.job), el("div", "jobid", j.id + (j.code_version ? ` · ${j.code_version}` : "")));
     const state = el("td");
     state.append(el("span", "pill " + j.state, j.state));
     const pct = j.items_total ? 100 * j.items_done / j.items_total : 0;
@@ -206,7 +206,8 @@ function drawHosts(doc) {
         el("span", "w-num", count(w.items_done || 0)),
         el("span", "w-num", w.lost ? duration(w.last_heartbeat_age_s) : w.last_heartbeat_age_s.toFixed(1) + "s"),
       );
-      row.title = w.lost ? `silent for ${duration(w.last_heartbeat_age_s)}` : `heartbeat ${w.last_heartbeat_age_s.toFixed(1)}s ago, ${w.leased} chunks leased, ${w.chunks_done} chunks done`;
+      const packages = Object.entries(w.job_packages || {}).map(([n, v]) => `${n} ${v}`).join(", ");
+      row.title = w.lost ? `silent for ${duration(w.last_heartbeat_age_s)}` : `heartbeat ${w.last_heartbeat_age_s.toFixed(1)}s ago, ${w.leased} chunks leased, ${w.chunks_done} chunks done` + (packages ? `; job packages: ${packages}` : "");
       card.append(row);
     }
     cards.push(card);
