@@ -79,7 +79,7 @@ help: ## Show this help: every target, and every setting with its default.
 
 $(STAMP): requirements/dev.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found — install Python 3.11+ or set PYTHON=" >&2; exit 1; }
-	@echo "==> creating $(VENV) from requirements/dev.lock (first run takes a few minutes)"
+	@echo "==> creating $(VENV) from requirements/dev.lock (first run takes a few minutes)" >&2
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip >/dev/null
 	@$(BIN)/python -m pip install -q -r requirements/dev.lock
@@ -195,6 +195,8 @@ demo: ## The whole thing on one computer: images, the lab LAB, deploy, smoke, su
 
 # status: print JSON instead of tables (JSON=1).
 JSON ?=
+# dashboard: always open an SSH tunnel to the master host, even when its port is reachable (TUNNEL=1).
+TUNNEL ?=
 # logs: only this inventory host (HOST=worker1); scale: only this worker host.
 HOST ?=
 # logs: only lines since this time (SINCE=10m).
@@ -209,9 +211,14 @@ COUNT ?= 10000
 FAB := $(BIN)/fab -r deploy
 FAB_INV := --inventory $(INVENTORY_DIR)
 
+# Not echoed, so `make status JSON=1 | jq` reads only JSON (make -s also silences make).
 .PHONY: status
-status: venv ## Containers, health, image tag and uptime per host, plus the master's view (JSON=1).
-	$(FAB) status $(FAB_INV) $(if $(JSON),--json)
+status: venv ## Containers, health, restarts per host, the master's view; exit 0 only when healthy (JSON=1).
+	@$(FAB) status $(FAB_INV) $(if $(JSON),--json)
+
+.PHONY: dashboard
+dashboard: venv ## The master's dashboard URL, or an SSH tunnel to it until Ctrl-C (TUNNEL=1 forces it).
+	@$(FAB) dashboard $(FAB_INV) $(if $(TUNNEL),--tunnel)
 
 .PHONY: logs
 logs: venv ## Master and worker logs prefixed by host/container (HOST=, SINCE=10m, FOLLOW=1).

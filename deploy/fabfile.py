@@ -23,6 +23,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task
 
+from taskfleet.ops import dashboard as dashboard_op
 from taskfleet.ops import operations
 from taskfleet.ops.errors import OpsError, run_cli
 from taskfleet.ops.inventory import Inventory, load_inventory
@@ -60,8 +61,18 @@ def _int(name: str, value: str | int) -> int:
 
 @op(inventory=INVENTORY_HELP, json="print one JSON document instead of tables")
 def status(c: Context, inventory: str = "", json: bool = False) -> None:
-    """Containers, health, image tag and uptime per host, plus the master's view."""
+    """Containers (state, health, restarts) per host, the master's view, and the verdict:
+    exit 0 healthy, 1 degraded (each problem one line), 2 no view from the master."""
     _run(lambda: operations.status(_inventory(inventory), as_json=json))
+
+
+@op(
+    inventory=INVENTORY_HELP,
+    tunnel="always go through an SSH tunnel to the master host",
+)
+def dashboard(c: Context, inventory: str = "", tunnel: bool = False) -> None:
+    """Print the dashboard's URL, or hold an SSH tunnel to it open until Ctrl-C."""
+    _run(lambda: dashboard_op.dashboard(_inventory(inventory), tunnel))
 
 
 @op(

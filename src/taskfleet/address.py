@@ -11,10 +11,12 @@ _HOSTPORT = re.compile(
 )
 
 
-def parse_hostport(text: str, option: str = "--master") -> tuple[str, int]:
+def parse_hostport(
+    text: str, option: str = "--master", example: str = "10.0.0.1:7451"
+) -> tuple[str, int]:
     """Parse ``HOST:PORT`` or ``[IPv6]:PORT``; raise UsageError naming the fix."""
     match = _HOSTPORT.match(text.strip())
-    fix = f"use HOST:PORT, e.g. {option} 10.0.0.1:7451"
+    fix = f"use HOST:PORT, e.g. {option} {example}"
     if match is None:
         raise UsageError(f"malformed {option} {text!r}", fix)
     port = int(match["port"])

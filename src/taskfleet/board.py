@@ -193,6 +193,7 @@ class BoardView(TypedDict):
     workers: list[WorkerView]
     jobs: list[JobView]
     not_listed: int  # finished jobs left out of ``jobs``
+    by_state: dict[str, int]  # every job on the board (listed or not) by its state
 
 
 @dataclass
@@ -945,7 +946,9 @@ class Board:
             ]
             shown: list[_JobState] = []
             finished_shown = 0
+            by_state = dict.fromkeys((s.value for s in JobState), 0)
             for job in reversed(self._jobs.values()):
+                by_state[job.view_state.value] += 1
                 if job.state == JobState.RUNNING:
                     shown.append(job)
                 elif finished_limit is None or finished_shown < finished_limit:
@@ -955,4 +958,5 @@ class Board:
                 workers=workers,
                 jobs=[self._job_view(j) for j in reversed(shown)],
                 not_listed=len(self._jobs) - len(shown),
+                by_state=by_state,
             )

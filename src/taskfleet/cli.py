@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from taskfleet import __version__, authkey, defaults, log, profile
-from taskfleet.address import parse_port
+from taskfleet import __version__, authkey, defaults, health, log, profile
+from taskfleet.address import parse_hostport, parse_port
 from taskfleet.errors import (
     ItemError,
     ItemsFailed,
@@ -200,6 +200,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     from taskfleet.master import Master
 
     port = parse_port(args.port)
+    example = f"10.0.0.1:{defaults.HTTP_PORT}"
+    http = parse_hostport(args.http, "--http", example) if args.http else None
     key = _key(args)
     tls = profile.resolve_tls(args.tls_ca, args.tls_cert, args.tls_key)
     if tls is not None:
@@ -215,6 +217,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         keep_jobs=args.keep_jobs,
         keep_for=args.keep_for,
         tls=tls,
+        http=http,
     )
     master.start()
     master.serve_forever()
@@ -598,13 +601,40 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``status`` exit codes: the verdict.
+STATUS_HEALTHY, STATUS_DEGRADED, STATUS_UNREACHABLE = 0, 1, 2
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    st = _client(args).status()
+    """Print the master's view and its health verdict; exit 0 healthy, 1 degraded, 2 when
+    the master cannot be reached (or answers nothing usable)."""
+    client = _client(args)  # bad input (address, key file) stays a usage error
+    try:
+        st = client.status()
+    except TaskfleetError as exc:
+        if args.json:
+            _emit(
+                {"healthy": False, "problems": [f"master unreachable: {exc.what}"], "master": None}
+            )
+        exc.exit_code = STATUS_UNREACHABLE
+        raise
+    doc = health.verdict(st, args.expect_workers or 0)
+    code = STATUS_HEALTHY if doc["healthy"] else STATUS_DEGRADED
     if args.json:
-        _emit(st)
-        return 0
+        _emit(doc)
+        return code
     m = st["master"]
-    print(f"master {m['address']} up {m['uptime_s']:.0f}s")
+    journal, proc = m.get("journal"), m.get("process")
+    extra = ""
+    if journal and proc:
+        extra = f", memory {_mib(proc['rss_bytes'])}, journal {_mib(journal['bytes'])}"
+    if m.get("http"):
+        extra += f", dashboard http://{m['http']}/"
+    print(f"master {m['address']} up {m['uptime_s']:.0f}s{extra}")
     print(f"workers ({len(st['workers'])}):")
     for w in st["workers"]:
         print(
@@ -624,9 +654,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"chunks pending {c['pending']} leased {c['leased']} done {c['done']}"
             + (f" code {j['code_version']}" if j.get("code_version") else "")
         )
-    if st.get("jobs_not_listed"):
-        print(f"  … and {st['jobs_not_listed']} older finished jobs (taskfleet jobs lists them)")
-    return 0
+    if doc.get("jobs_not_listed"):
+        print(f"  … and {doc['jobs_not_listed']} older finished jobs (taskfleet jobs lists them)")
+    if doc["healthy"]:
+        print("healthy")
+    else:
+        print(f"degraded: {len(doc['problems'])} problem(s)")
+        for problem in doc["problems"]:
+            print(f"  problem: {problem}")
+    return code
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -691,6 +727,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.LEASE_TIMEOUT,
         metavar="S",
         help=f"a worker silent this long loses its leases (default {defaults.LEASE_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="also serve read-only HTTP there: the dashboard, /metrics, /healthz, /api/status"
+        f" (default: off; deployments use the bind address and port {defaults.HTTP_PORT})",
     )
     p.add_argument(
         "--keep-jobs",
@@ -838,10 +880,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     p.set_defaults(func=cmd_smoke)
 
-    p = sub.add_parser("status", help="workers and jobs as the master sees them")
+    p = sub.add_parser(
+        "status",
+        help="workers, jobs and the health verdict (exit 0 healthy, 1 degraded, 2 unreachable)",
+    )
     _add_master_opts(p)
     _add_client_opts(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--expect-workers",
+        type=_positive_int,
+        metavar="K",
+        help="fewer than K connected workers is a problem",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object, with 'healthy' and 'problems'"
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("healthcheck", help="exit 0 when the master answers / the worker heartbeats")

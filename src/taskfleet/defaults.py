@@ -18,6 +18,10 @@ MASTER_PORT: Final = 7451
 MASTER_BIND: Final = "127.0.0.1"
 """Address a bare ``taskfleet master`` listens on: loopback, never every interface by accident."""
 
+HTTP_PORT: Final = 7452
+"""TCP port of the master's read-only HTTP server (``master --http HOST:PORT``: metrics,
+health, status and the dashboard; role variable ``taskfleet_http_port``)."""
+
 # -- jobs ---------------------------------------------------------------------------
 
 CHUNK_SIZE: Final = 1000
@@ -184,3 +188,46 @@ PROGRESS_INTERVAL: Final = 0.5
 
 SMOKE_TIMEOUT: Final = 300.0
 """``smoke --timeout``: the whole smoke run, waiting for workers included."""
+
+# -- health ------------------------------------------------------------------------------
+
+LOST_WORKER_WINDOW: Final = 600.0
+"""Seconds a worker that went silent (no goodbye) stays a problem in the verdict, unless it
+comes back: long enough for an operator or an alert to see it, short enough that a worker
+removed for good stops counting as trouble."""
+
+MAX_LOST_WORKERS: Final = 256
+"""Silent workers the master remembers for the verdict (the oldest are forgotten first)."""
+
+JOURNAL_DISK_MIN_FREE: Final = 0.05
+"""The journal's file system counts as nearly full below this fraction of free space."""
+
+TLS_MIN_DAYS: Final = 14.0
+"""A certificate that expires within this many days is a problem in the verdict."""
+
+# -- the HTTP server ---------------------------------------------------------------------
+
+HTTP_THREADS: Final = 4
+"""Threads that answer HTTP requests; a request is answered from a snapshot, so a few
+threads serve many scrapers and dashboards."""
+
+HTTP_MAX_CONNECTIONS: Final = 64
+"""Open HTTP connections (reading a request or waiting for a thread); more are closed at once."""
+
+HTTP_REQUEST_DEADLINE: Final = 5.0
+"""Seconds a client has to send its whole request head, however slowly it trickles."""
+
+HTTP_WRITE_TIMEOUT: Final = 10.0
+"""Seconds a client has to take the whole response."""
+
+HTTP_MAX_REQUEST_BYTES: Final = 8192
+"""Largest request head (request line and headers); there is never a body."""
+
+SAMPLE_INTERVAL: Final = 1.0
+"""Seconds between two samples of the board for the HTTP server (rates, history)."""
+
+HISTORY_SECONDS: Final = 900.0
+"""Seconds of throughput history the dashboard can chart."""
+
+RATE_WINDOW: Final = 5.0
+"""Seconds over which items/s of a worker or a job are averaged."""

@@ -360,6 +360,10 @@ class TaskfleetServer(managers.Server):
         self._conns: set[Connection] = set()
         self._conns_lock = threading.Lock()
 
+    def refused_handshakes(self) -> int:
+        """Connections refused so far, before or during the handshake (metrics)."""
+        return self.refusals.total
+
     def start(self) -> None:
         """Publish the board under its fixed identity and start accepting."""
         stock: Any = self

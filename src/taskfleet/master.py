@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from taskfleet import __version__, defaults, jobs
+from taskfleet import __version__, defaults, jobs, metrics, observe
 from taskfleet.address import format_hostport
 from taskfleet.board import Board, CompleteOutcome, JobSpec
 from taskfleet.errors import (
@@ -35,6 +35,7 @@ from taskfleet.errors import (
 )
 from taskfleet.journal import DoneRow, ErrorRow, Journal
 from taskfleet.manager import TaskfleetServer
+from taskfleet.observe import Counters, Observer
 from taskfleet.protocol import (
     EXPOSED,
     PROTOCOL_VERSION,
@@ -47,6 +48,7 @@ from taskfleet.protocol import (
     JobOptions,
     JobState,
     JobView,
+    LostWorkerView,
     OnError,
     PingReply,
     Result,
@@ -58,6 +60,7 @@ from taskfleet.protocol import (
     wire,
 )
 from taskfleet.tls import CertInfo, TLSConfig, describe
+from taskfleet.web import WebApp, WebServer, load_static
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -141,6 +144,14 @@ class BoardService:
         self._job_started: dict[str, float] = {}
         # The master's certificate and the CA's (status reports their expiry).
         self.certs: tuple[CertInfo, CertInfo] | None = None
+        self.counters = Counters()
+        self.http_address: str | None = None  # set when the HTTP server runs
+        # Workers that went silent without a goodbye: name -> (host, monotonic time
+        # reaped); the verdict reports them (see _lost_view). The host of every worker
+        # that joined, because the board forgets a silent worker's.
+        self._lost: dict[str, tuple[str, float]] = {}
+        self._hosts: dict[str, str] = {}
+        self._lost_lock = threading.Lock()
         #: failure records journaled per job (capped at defaults.MAX_JOB_ERRORS)
         self._error_counts: dict[str, int] = {}
         #: jobs pruned from the board whose journal rows are still being deleted
@@ -157,6 +168,9 @@ class BoardService:
         self, worker: str, host: str, processes: int = 0, packages: dict[str, str] | None = None
     ) -> None:
         if self.board.note_seen(worker, host, processes, packages):
+            with self._lost_lock:
+                self._hosts[worker] = host or worker
+                self._lost.pop(worker, None)
             extra = f", {processes} processes" if processes else ""
             if packages:
                 extra += ", jobs " + ", ".join(f"{n} {v}" for n, v in packages.items())
@@ -242,6 +256,8 @@ class BoardService:
             for job_id, cid in outcome.failed_jobs.items():
                 self.board.set_error(job_id, summaries[cid])
             self._journal(outcome, parsed, summaries, worker, host)
+            # Counted once journaled: a failed write takes the outcome back (JournalError).
+            self.counters.add_attempts(len(outcome.attempts), len(outcome.retried))
         self._log_failures(outcome, parsed, summaries, worker)
         self._changed()
         for job_id in outcome.finished_jobs:
@@ -393,6 +409,9 @@ class BoardService:
     def goodbye(self, worker: str, chunks: Sequence[tuple[str, int]]) -> int:
         count = self.board.release(worker, [ChunkId._make(c) for c in chunks])
         self.board.forget_worker(worker)
+        with self._lost_lock:
+            self._lost.pop(worker, None)
+            self._hosts.pop(worker, None)
         self.log.info("worker %s left (drained; %d chunks given back)", worker, count)
         return count
 
@@ -611,16 +630,39 @@ class BoardService:
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "version": __version__,
                 "tls": self._tls_view(),
+                "lease_timeout_s": self.board.lease_timeout,
+                "journal": observe.journal_view(self.journal.path),
+                "process": observe.process_view(),
+                "http": self.http_address,
             },
             workers=view["workers"],
+            lost_workers=self._lost_view({w["name"] for w in view["workers"]}),
             jobs=view["jobs"],
             jobs_not_listed=view["not_listed"],
+            jobs_by_state=view["by_state"],
         )
 
     def _tls_view(self) -> TLSView:
         if self.certs is None:
             return TLSView(enabled=False)
         return describe(*self.certs)
+
+    def _lost_view(self, connected: set[str]) -> list[LostWorkerView]:
+        """Silent workers that have not come back, for at most LOST_WORKER_WINDOW seconds."""
+        now = time.monotonic()
+        with self._lost_lock:
+            for name in [n for n, (_, t) in self._lost.items() if n in connected]:
+                del self._lost[name]  # back (by a lease or a heartbeat)
+            for name in [
+                n for n, (_, t) in self._lost.items() if now - t > defaults.LOST_WORKER_WINDOW
+            ]:
+                del self._lost[name]
+                self._hosts.pop(name, None)
+            lease = self.board.lease_timeout
+            return [
+                LostWorkerView(name=n, host=h, last_heartbeat_age_s=round(lease + now - t, 1))
+                for n, (h, t) in self._lost.items()
+            ]
 
     def close(self) -> None:
         """Close the journal once an in-flight commit has finished (the master is stopping)."""
@@ -645,12 +687,21 @@ class BoardService:
     def tick(self, log_progress: bool) -> None:
         """Reap expired leases; log workers gone silent and job progress."""
         report = self.board.reap()
+        if report.gone:
+            now = time.monotonic()
+            with self._lost_lock:
+                for worker in report.gone:
+                    self._lost[worker] = (self._hosts.get(worker, "?"), now)
+                while len(self._lost) > defaults.MAX_LOST_WORKERS:
+                    self._hosts.pop(next(iter(self._lost)), None)
+                    del self._lost[next(iter(self._lost))]
         for worker in report.gone:
             self.log.warning(
                 "worker %s left (silent for more than %gs); its leases go back to pending",
                 worker,
                 self.board.lease_timeout,
             )
+        self.counters.add_lease_expiries(sum(report.requeued.values()))
         for worker, count in report.requeued.items():
             self.log.info("%d chunks leased to %s expired and are pending again", count, worker)
         if log_progress:
@@ -696,16 +747,19 @@ class BoardService:
                 break
 
 
-def _bind_error(host: str, port: int, exc: OSError) -> BindError:
+def _bind_error(host: str, port: int, exc: OSError, http: bool = False) -> BindError:
+    """One line for a failed bind of the manager port (``--bind``/``--port``) or of the
+    HTTP port (``--http``)."""
     where = format_hostport(host, port)
+    host_opt, port_opt = ("--http", "--http port") if http else ("--bind", "--port")
     if isinstance(exc, socket.gaierror):
         return BindError(
-            f"cannot resolve --bind {host!r}", "use an IP address of this machine or 0.0.0.0"
+            f"cannot resolve {host_opt} {host!r}", "use an IP address of this machine or 0.0.0.0"
         )
     if exc.errno == errno.EADDRINUSE:
         return BindError(
             f"port {port} on {host} is already in use",
-            f"stop what listens there (ss -ltnp 'sport = :{port}') or choose another --port",
+            f"stop what listens there (ss -ltnp 'sport = :{port}') or choose another {port_opt}",
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         return BindError(
@@ -717,7 +771,8 @@ def _bind_error(host: str, port: int, exc: OSError) -> BindError:
             f"cannot bind {where}: permission denied",
             "use a port above 1023 or run with the right capability",
         )
-    return BindError(f"cannot bind {where}: {exc.strerror or exc}", "check --bind and --port")
+    checks = "--http" if http else "--bind and --port"
+    return BindError(f"cannot bind {where}: {exc.strerror or exc}", f"check {checks}")
 
 
 class Master:
@@ -731,12 +786,14 @@ class Master:
         journal_path: str | None,
         lease_timeout: float,
         log: logging.Logger,
+        http: tuple[str, int] | None = None,
         keep_jobs: int = defaults.KEEP_JOBS,
         keep_for: float = defaults.KEEP_FOR,
         *,
         tls: TLSConfig | None = None,
     ) -> None:
         self.bind, self.port = bind, port
+        self._http = http
         self._authkey = authkey
         self._tls = tls
         self._journal_path = journal_path
@@ -744,9 +801,12 @@ class Master:
         self.keep_jobs, self.keep_for = keep_jobs, keep_for
         self.log = log
         self._stop = threading.Event()
+        self._started_wall = time.time()
         self._tmpdir: str | None = None
         self.service: BoardService | None = None
         self.server: TaskfleetServer | None = None
+        self.web: WebServer | None = None
+        self.observer: Observer | None = None
 
     def start(self) -> None:
         """Bind first (so a bad address changes nothing), then the journal, then serve."""
@@ -763,6 +823,13 @@ class Master:
             )
         except OSError as exc:
             raise _bind_error(self.bind, self.port, exc) from None
+        web = None
+        if self._http is not None:
+            try:
+                web = self._bind_http(server, *self._http)
+            except BaseException:
+                server.stop()
+                raise
         # The bound port (--port 0 asks the kernel for a free one).
         bound: Any = server.address
         address = format_hostport(self.bind, int(bound[1]))
@@ -804,6 +871,8 @@ class Master:
                     )
         except BaseException:
             server.stop()
+            if web is not None:
+                web.stop()
             self._cleanup()
             raise
         self.service, self.server = service, server
@@ -822,6 +891,8 @@ class Master:
         )
         if certs is not None:
             self._check_names(certs[0])
+        if web is not None:
+            self._serve_http(web, service)
 
     def _check_names(self, cert: CertInfo) -> None:
         """Warn when the certificate does not name the bind address: clients dialling it
@@ -834,6 +905,47 @@ class Master:
             ", ".join(cert.names()) or "no address",
             self.bind,
             self.bind,
+        )
+
+    def _bind_http(self, server: TaskfleetServer, host: str, port: int) -> WebServer:
+        """Bind the HTTP port (BindError naming --http); served once the board is up."""
+        static = load_static()
+        self.observer = Observer(lambda: self._board_handle().status(), self.log)
+        app = WebApp(self.observer, lambda: self._live(server), static)
+        try:
+            return WebServer((host, port), app, self.log)
+        except OSError as exc:
+            raise _bind_error(host, port, exc, http=True) from None
+
+    def _serve_http(self, web: WebServer, service: BoardService) -> None:
+        assert self.observer is not None
+        host, port = web.address
+        service.http_address = format_hostport(host, port)
+        self.observer.start()
+        web.start()
+        self.web = web
+        self.log.info(
+            "HTTP on http://%s/ (dashboard, /metrics, /healthz, /api/status; read-only)",
+            service.http_address,
+        )
+
+    def _live(self, server: TaskfleetServer) -> metrics.Live:
+        """Figures /metrics reads at scrape time."""
+        assert self.service is not None
+        requests, dropped = self.web.counts() if self.web is not None else ({}, {})
+        proc = observe.process_view()
+        return metrics.Live(
+            lease_expiries=self.service.counters.lease_expiries,
+            failed_attempts=self.service.counters.failed_attempts,
+            retries=self.service.counters.retries,
+            handshakes_refused=server.refused_handshakes(),
+            cpu_seconds=proc["cpu_seconds"],
+            rss_bytes=proc["rss_bytes"],
+            start_time=self._started_wall,
+            threads=threading.active_count(),
+            open_fds=observe.open_fds(),
+            http_requests=requests,
+            http_dropped=dropped,
         )
 
     def _board_handle(self) -> BoardService:
@@ -871,6 +983,10 @@ class Master:
         self._stop.wait()
         self.log.info("master stopping")
         assert self.server is not None and self.service is not None
+        if self.web is not None:
+            self.web.stop()
+        if self.observer is not None:
+            self.observer.stop()
         self.server.stop()
         self.service.close()
         self._cleanup()

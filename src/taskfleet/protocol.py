@@ -343,11 +343,42 @@ class TLSView(TypedDict, total=False):
     ca_days_left: float
 
 
+class LostWorkerView(TypedDict):
+    """A worker that went silent without saying goodbye (its leases went back to pending).
+
+    Listed until it comes back, or for ``defaults.LOST_WORKER_WINDOW`` seconds.
+    """
+
+    name: str
+    host: str
+    last_heartbeat_age_s: float
+
+
+class JournalView(TypedDict):
+    """The journal's file (with its WAL) and the file system it lives on."""
+
+    path: str
+    bytes: int
+    disk_free_bytes: int
+    disk_size_bytes: int
+
+
+class ProcessView(TypedDict):
+    """The master process: resident memory and CPU time used so far."""
+
+    rss_bytes: int
+    cpu_seconds: float
+
+
 class MasterView(TypedDict):
     address: str
     uptime_s: float
     version: str
     tls: TLSView
+    lease_timeout_s: float
+    journal: JournalView
+    process: ProcessView
+    http: str | None  # HOST:PORT of the HTTP server (metrics, dashboard), None when off
 
 
 class StatusView(TypedDict):
@@ -355,13 +386,17 @@ class StatusView(TypedDict):
 
     ``jobs`` lists every pending or running job and the most recent finished
     ones (``defaults.STATUS_FINISHED_JOBS``); ``jobs_not_listed`` counts the
-    older finished jobs left out (``jobs`` lists them).
+    older finished jobs left out (``jobs`` lists them). ``taskfleet status --json``
+    and ``/api/status`` add the verdict: ``healthy`` and ``problems``
+    (:mod:`taskfleet.health`).
     """
 
     master: MasterView
     workers: list[WorkerView]
+    lost_workers: list[LostWorkerView]
     jobs: list[JobView]
     jobs_not_listed: int
+    jobs_by_state: dict[str, int]  # every job the master keeps, listed or not, by state
 
 
 # -- typed calls ---------------------------------------------------------------------------

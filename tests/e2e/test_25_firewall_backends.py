@@ -30,6 +30,7 @@ BIN = Path(sys.executable).parent
 UFW = ("-e", "taskfleet_firewall_backend=ufw")
 EXTRA_CLIENT = "192.0.2.7"  # TEST-NET-1: never contacted, only written into a rule
 TABLE = "sudo nft list table inet taskfleet"
+HTTP_PORT = 7452
 HOSTS_POLICIES = "sudo iptables -S | grep '^-P'; sudo ip6tables -S | grep '^-P'"
 
 
@@ -92,8 +93,18 @@ def test_ufw_backend_replaces_nftables_and_guards_the_manager_port(
     )
     # The worker hosts, and the control node (inventory/local/group_vars: client sources).
     assert allowed == sorted([*(lab.hosts[w] for w in lab.workers), lab.cfg.gateway]), rules
-    deny = rf"{PORT}/tcp +DENY IN +Anywhere +# taskfleet manager others"
-    assert re.search(deny, rules[-2]), rules
+    # Each port's deny rule comes after its allow rules (ufw stops at the first match).
+    for port, allow, deny in (
+        (PORT, "manager client", "manager others"),
+        (HTTP_PORT, "http monitoring", "http others"),
+    ):
+        allows = [i for i, r in enumerate(rules) if f"{port}/tcp" in r and allow in r]
+        denies = [i for i, r in enumerate(rules) if re.search(rf"{port}/tcp +DENY IN +Anywhere", r)]
+        assert allows and denies and max(allows) < min(denies), rules
+        assert all(deny in rules[i] for i in denies), rules
+    # The HTTP port: the admin and monitoring sources, in the lab both the control node.
+    http = re.findall(rf"{HTTP_PORT}/tcp +ALLOW IN +(\S+) +# taskfleet http", "\n".join(rules))
+    assert http == [lab.cfg.gateway], rules
     assert any("22/tcp" in r and "# taskfleet admin ssh" in r for r in rules), rules
     assert [r for r in ufw_rules(lab, "worker1") if f"{PORT}/tcp" in r] == []
     assert_port_guarded(lab)

@@ -203,10 +203,13 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         return self.run(*self.client_args(command, *args), timeout=timeout)
 
-    def status(self) -> dict[str, Any]:
-        r = self.client("status", "--json")
-        assert r.returncode == 0, r.stderr
-        return dict(json.loads(r.stdout))
+    def status(self, *extra: str) -> dict[str, Any]:
+        """``status --json``: the master's view with the verdict (exit 0 healthy, 1 degraded)."""
+        r = self.client("status", "--json", *extra)
+        assert r.returncode in (0, 1), r.stderr
+        doc = dict(json.loads(r.stdout))
+        assert doc["healthy"] is (r.returncode == 0), doc
+        return doc
 
     def wait_status(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0

@@ -85,9 +85,22 @@ def test_status_json_shape(cluster: Cluster) -> None:
     r = cluster.client("submit", "squares", "--range", "3000", "--json")
     assert r.returncode == 0, r.stderr
     st = cluster.status()
-    assert set(st) == {"master", "workers", "jobs", "jobs_not_listed"}
+    assert set(st) == {
+        "master",
+        "workers",
+        "lost_workers",
+        "jobs",
+        "jobs_not_listed",
+        "jobs_by_state",
+        "healthy",
+        "problems",
+    }
+    assert (st["healthy"], st["problems"], st["lost_workers"]) == (True, [], [])
+    m = st["master"]
+    assert m["address"] == cluster.address and m["uptime_s"] >= 0 and m["http"] is None
+    assert m["lease_timeout_s"] == 30.0 and m["process"]["rss_bytes"] > 0
+    assert m["journal"]["bytes"] > 0 and m["journal"]["disk_size_bytes"] > 0
     assert st["jobs_not_listed"] == 0
-    assert st["master"]["address"] == cluster.address and st["master"]["uptime_s"] >= 0
     (w,) = st["workers"]
     assert set(w) == {
         "name",

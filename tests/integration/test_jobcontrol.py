@@ -504,13 +504,18 @@ def test_status_and_jobs_stay_fast_with_ten_thousand_finished_jobs(
         t_jobs = time.monotonic() - t0
     assert len(status["jobs"]) == defaults.STATUS_FINISHED_JOBS + 1
     assert status["jobs_not_listed"] == 10_000 - defaults.STATUS_FINISHED_JOBS
+    assert status["jobs_by_state"]["done"] == 10_000 and status["jobs_by_state"]["pending"] == 1
     assert status["jobs"][-1]["state"] == "pending"
     assert [j.id for j in listed[1:4]] == ["old09999", "old09998", "old09997"]
     assert len(listed) == 50
     # Both answer from memory in milliseconds; the bound only catches a scan gone wrong.
     assert t_status < 1.0 and t_jobs < 1.0, (t_status, t_jobs)
     r = cluster.client("status", "--json")
-    assert r.returncode == 0 and len(json.loads(r.stdout)["jobs"]) == 21
+    doc = json.loads(r.stdout)
+    assert len(doc["jobs"]) == 21
+    # The verdict: exit 1, the one problem is the pending job no worker can run.
+    assert r.returncode == 1 and len(doc["problems"]) == 1
+    assert doc["problems"][0].endswith("cannot progress: no worker is connected")
 
 
 # -- readers ---------------------------------------------------------------------------------

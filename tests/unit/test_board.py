@@ -452,6 +452,14 @@ def test_jobs_are_listed_newest_first_and_status_bounds_the_finished_ones(
     view = board.status(finished_limit=3)
     assert [j["id"] for j in view["jobs"]] == ["done27", "done28", "done29", "live"]
     assert view["not_listed"] == 27
+    # The counts by state cover every job, the ones left out of the list too.
+    assert view["by_state"] == {
+        "pending": 1,
+        "running": 0,
+        "done": 30,
+        "failed": 0,
+        "cancelled": 0,
+    }
 
 
 def test_only_finished_jobs_are_removed(clock: Clock, make_board: MakeBoard) -> None:

@@ -78,7 +78,7 @@ def test_env_fallbacks_are_used(
     )
 
 
-def test_master_unreachable_gives_up_after_the_timeout(
+def test_master_unreachable_gives_up_after_the_timeout_and_status_exits_2(
     capsys: pytest.CaptureFixture[str], key: str
 ) -> None:
     with socket.socket() as s:  # a port nobody listens on
@@ -94,7 +94,7 @@ def test_master_unreachable_gives_up_after_the_timeout(
         "--connect-timeout",
         "1",
     )
-    assert code == 1
+    assert code == 2  # status: 0 healthy, 1 degraded, 2 unreachable
     assert err == (
         f"taskfleet: error: cannot reach the master at 127.0.0.1:{port} (connection refused)"
         " — check that the master runs there, the address and port, and the firewall"

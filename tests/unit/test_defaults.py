@@ -18,6 +18,7 @@ ROLES_DIR = REPO / "deploy" / "roles"
 # Role variable -> the runtime default it configures.
 ROLE_DEFAULTS: dict[str, float | int] = {
     "taskfleet_master_port": defaults.MASTER_PORT,
+    "taskfleet_http_port": defaults.HTTP_PORT,
     "taskfleet_master_lease_timeout": defaults.LEASE_TIMEOUT,
     "taskfleet_workers_heartbeat_max_age": defaults.HEARTBEAT_MAX_AGE,
     "taskfleet_master_keep_jobs": defaults.KEEP_JOBS,

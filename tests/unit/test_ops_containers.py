@@ -18,12 +18,15 @@ def inspect_item(
     health: str | None = "healthy",
     started: str = "2025-01-01T11:58:30.250000000Z",
     cmd: list[str] | None = None,
+    restarts: int = 0,
+    exit_code: int = 0,
 ) -> dict[str, object]:
-    state: dict[str, object] = {"Status": status, "StartedAt": started}
+    state: dict[str, object] = {"Status": status, "StartedAt": started, "ExitCode": exit_code}
     if health:
         state["Health"] = {"Status": health}
     return {
         "Name": f"/{name}",
+        "RestartCount": restarts,
         "State": state,
         "Config": {
             "Image": f"registry.local:5000/taskfleet-{role}:abc123",
@@ -123,3 +126,17 @@ def test_the_masters_tls_files_are_read_from_its_arguments() -> None:
         )
         assert master_tls(containers) == expected
     assert master_tls([]) == []
+
+
+def test_restart_counts_and_the_exit_code_of_a_stopped_container_are_read() -> None:
+    crashed, looping = parse_containers(
+        json.dumps(
+            [
+                inspect_item("taskfleet-worker-1", "worker", "exited", None, exit_code=137),
+                inspect_item("taskfleet-worker-2", "worker", restarts=4, exit_code=3),
+            ]
+        ),
+        NOW,
+    )
+    assert (crashed.state, crashed.exit_code, crashed.restart_count) == ("exited", 137, 0)
+    assert (looping.state, looping.exit_code, looping.restart_count) == ("running", None, 4)

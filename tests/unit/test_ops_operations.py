@@ -57,7 +57,7 @@ def test_fabfile_tasks_all_have_help_for_every_option() -> None:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    names = ["status", "logs", "scale", "restart", "smoke", "down"]
+    names = ["status", "dashboard", "logs", "scale", "restart", "smoke", "down"]
     for name in names:
         task = getattr(module, name)
         params = [p for p in task.body.__code__.co_varnames[1 : task.body.__code__.co_argcount]]

@@ -41,6 +41,7 @@ SKELETON = [
 SHARED = {
     "taskfleet_bind_ip",
     "taskfleet_master_port",
+    "taskfleet_http_port",
     "taskfleet_authkey_path",
     "taskfleet_images_manifest",
     "taskfleet_tls",
@@ -48,8 +49,9 @@ SHARED = {
     "taskfleet_tls_local_dir",
     "taskfleet_authkey_local_path",
 }
-# Names an issue gave (a contract, docs/jobs.md): kept as written, without the role prefix.
-CONTRACT = {"taskfleet_job_packages": "images"}
+# Names an issue gave (a contract: docs/jobs.md, docs/metrics.md), kept as written without
+# the role prefix, and the one role that reads each.
+CONTRACT = {"taskfleet_job_packages": "images", "taskfleet_monitoring_sources": "firewall"}
 
 
 def load(path: Path) -> Any:

@@ -31,6 +31,8 @@ class Container:
     uptime_s: float | None
     args: list[str] = field(default_factory=list, repr=False)
     inventory_host: str = ""
+    restart_count: int = 0  # restarts by Docker's restart policy since the container was made
+    exit_code: int | None = None  # of the last run, when the container is not running
 
     @property
     def running(self) -> bool:
@@ -50,6 +52,10 @@ def _uptime(started_at: str, running: bool, now: datetime) -> float | None:
     except ValueError:
         return None
     return max(0.0, (now - started).total_seconds())
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 def parse_containers(inspect_json: str, now: datetime | None = None) -> list[Container]:
@@ -78,6 +84,8 @@ def parse_containers(inspect_json: str, now: datetime | None = None) -> list[Con
                 uptime_s=_uptime(str(state.get("StartedAt", "")), running, now),
                 args=list(cfg.get("Cmd") or []),
                 inventory_host=labels.get(LABEL_INVENTORY_HOST, ""),
+                restart_count=int(item.get("RestartCount") or 0),
+                exit_code=None if running else _int_or_none(state.get("ExitCode")),
             )
         )
 

@@ -20,6 +20,7 @@ from fabric import Connection
 from rich.console import Console
 from rich.table import Table
 
+from taskfleet.ops import verdict
 from taskfleet.ops.commands import (
     JOURNAL_DIR,
     MASTER_CONTAINER,
@@ -71,10 +72,17 @@ def _last_json(text: str) -> dict[str, Any]:
 def query_master(
     conn: Connection, inv: Inventory, address: str, timeout: float = 30, tls: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """The master's own view (``taskfleet status --json`` run inside its container)."""
-    return _last_json(
-        run(conn, HostCommands(inv.master).master_status(address, tls), timeout=timeout)
-    )
+    """The master's own view with its verdict (``taskfleet status --json`` run inside its
+    container: exit 0 healthy or 1 degraded, both with the document).
+
+    Raises HostError with the CLI's own line when the master cannot be reached.
+    """
+    command = sh(HostCommands(inv.master).master_status(address, tls))
+    result = conn.run(command, hide=True, in_stream=False, timeout=timeout, warn=True)
+    if result.exited not in (0, 1):
+        lines = [ln for ln in (result.stderr or result.stdout or "").splitlines() if ln.strip()]
+        raise HostError(lines[-1] if lines else f"`{command}` failed (exit {result.exited})")
+    return _last_json(result.stdout)
 
 
 def fresh_workers(status: Mapping[str, Any], max_age: float, host: str | None = None) -> int:
@@ -187,16 +195,30 @@ def collect_status(inv: Inventory) -> dict[str, Any]:
         doc["hosts"].append(entry)
     if doc["master"] is None and doc["master_error"] is None:
         doc["master_error"] = "the master host failed (see above)"
-    doc["ok"] = all(h["ok"] for h in doc["hosts"]) and doc["master"] is not None
+    doc["problems"] = verdict.problems(doc)
+    doc["healthy"] = not doc["problems"]
+    doc["ok"] = doc["healthy"]  # the name before the verdict existed; same meaning
     return doc
 
 
+def _state(c: Mapping[str, Any]) -> str:
+    state = str(c["state"])
+    if state == "exited" and c.get("exit_code") is not None:
+        return f"[red]exited ({c['exit_code']})[/]"
+    return state if state == "running" else f"[red]{state}[/]"
+
+
 def status(inv: Inventory, as_json: bool = False) -> int:
-    """Print per-host container tables and the master's view; 0 when all was gathered."""
+    """Print per-host container tables, the master's view and the verdict.
+
+    Returns 0 healthy, 1 degraded (each problem printed, one line), 2 when the
+    master's view could not be had (see ``taskfleet.ops.verdict``).
+    """
     doc = collect_status(inv)
+    code = verdict.exit_code(doc)
     if as_json:
         print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False))
-        return 0 if doc["ok"] else 1
+        return code
     for h in doc["hosts"]:
         title = (
             f"{h['host']} ({h['address']}, {'+'.join(h['roles'])}) — "
@@ -206,21 +228,23 @@ def status(inv: Inventory, as_json: bool = False) -> int:
             out.print(f"[bold]{title.split(' — ')[0]}[/]: [red]{h['error']}[/]")
             continue
         table = Table(title=title, title_justify="left")
-        for column in ("CONTAINER", "ROLE", "STATE", "HEALTH", "IMAGE TAG", "UPTIME"):
+        for column in ("CONTAINER", "ROLE", "STATE", "HEALTH", "RESTARTS", "IMAGE TAG", "UPTIME"):
             table.add_column(column)
         for c in h["containers"]:
             health = c["health"]
             colour = {"healthy": "green", "unhealthy": "red", "starting": "yellow"}.get(health)
+            restarts = c.get("restart_count", 0)
             table.add_row(
                 c["name"],
                 c["role"],
-                c["state"],
+                _state(c),
                 f"[{colour}]{health}[/]" if colour else health,
+                f"[yellow]{restarts}[/]" if restarts else "0",
                 c["tag"],
                 human_duration(c["uptime_s"]),
             )
         if not h["containers"]:
-            table.add_row("(no taskfleet containers)", "", "", "", "", "")
+            table.add_row("(no taskfleet containers)", "", "", "", "", "", "")
         out.print(table)
     master = doc["master"]
     if master is None:
@@ -266,12 +290,17 @@ def status(inv: Inventory, as_json: bool = False) -> int:
                 )
         else:
             out.print("no jobs")
-    if not doc["ok"]:
-        failed = [h["host"] for h in doc["hosts"] if not h["ok"]]
-        what = ", ".join(failed) if failed else "the master's view"
-        print_error(f"status incomplete ({what}) — see above")
-        return 1
-    return 0
+    if doc["healthy"]:
+        out.print("[bold green]healthy[/]")
+        return code
+    out.print(f"[bold yellow]degraded: {len(doc['problems'])} problem(s)[/]")
+    for problem in doc["problems"]:
+        out.print(f"  problem: {problem}", markup=False)
+    print_error(
+        f"the cluster is not healthy ({len(doc['problems'])} problem(s) above)"
+        f" — `{_make(inv, 'logs')}` shows what the containers say"
+    )
+    return code
 
 
 # --- logs --------------------------------------------------------------------------------
