@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from taskfleet import defaults
 from tests.integration.conftest import Cluster, free_port
 from tests.waiting import wait_for
 
@@ -419,8 +420,12 @@ def test_a_slowloris_on_the_http_port_does_not_slow_a_running_job(
     for _ in range(3):
         quiet.append(timed_job(cluster))
         with Slowloris(http.port) as attack:
+            started = time.monotonic()
             time.sleep(1)
             attacked.append(timed_job(cluster))
+            # Hold the attack past the request deadline, so its trickled requests time out
+            # even when the job was quicker than that.
+            time.sleep(max(0.0, started + defaults.HTTP_REQUEST_DEADLINE + 1 - time.monotonic()))
         opened += attack.opened
     assert opened > 3 * 200, "the attack reconnected: the server kept closing its sockets"
     m = http.metrics()
