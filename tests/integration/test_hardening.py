@@ -139,6 +139,24 @@ def test_a_refused_item_deep_in_a_streamed_file_leaves_no_job_behind(
     master.wait_for(r"upload dropped after 150000 items \(refused: squares: item 150001")
 
 
+def test_an_items_file_that_turns_bad_halfway_drops_its_upload_on_the_master(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The client stops at the bad line and tells the master to drop what it sent."""
+    master = cluster.master()
+    n = 2 * defaults.UPLOAD_BATCH_ITEMS + 10
+    items = tmp_path / "items.txt"
+    items.write_bytes(b"".join(b"%d\n" % k for k in range(n)) + b"\xff\xfe\n")
+    r = cluster.client("submit", "squares", "--items-file", str(items))
+    assert r.returncode == 2
+    assert one_line(r) == (
+        f"taskfleet: error: cannot read items file {items}: line {n + 1} is not UTF-8 text"
+        " — give a text file with one item per line"
+    )
+    master.wait_for(r"upload dropped after \d+ items \(cancelled from 127\.0\.0\.1:")
+    assert cluster.status()["jobs"] == []
+
+
 # -- a journal entry that cannot be loaded ---------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import pytest
 from taskfleet import authkey, cli, defaults
 from taskfleet.cli import error_line, main
 from taskfleet.errors import TaskfleetError
+from taskfleet.journal import Journal
 
 
 @pytest.fixture
@@ -301,3 +302,43 @@ def test_items_file_lines_read_as_json_values_or_words() -> None:
     assert items[:3] == [7, -12, "007"], "JSON's rules: a leading zero makes a word"
     assert items[3] == 2.5 and items[4] == float("inf") and items[5:8] == ["s", [1, 2], "word here"]
     assert items[8] == int("9" * 5000), "a 5,000-digit integer is an integer"
+
+
+def test_a_master_whose_journal_directory_is_missing_changes_nothing(
+    capsys: pytest.CaptureFixture[str], key: str, tmp_path: Path
+) -> None:
+    journal = tmp_path / "nope" / "j.db"
+    with socket.socket() as s:  # a free port: the master binds it, then finds no journal
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    code, err = run(
+        capsys, "master", "--bind", "127.0.0.1", "--port", port, "--authkey-file", key,
+        "--journal", str(journal),
+    )  # fmt: skip
+    assert code == 1
+    assert err == (
+        f"taskfleet: error: cannot create the journal's lock file {journal}.lock:"
+        " No such file or directory — give a --journal path in a writable directory"
+    )
+    assert not (tmp_path / "nope").exists()
+
+
+def test_journal_commands_refuse_a_missing_file_and_an_existing_output(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "gone.db"
+    assert run(capsys, "journal", "check", str(missing)) == (
+        2,
+        f"taskfleet: error: cannot read {missing}: No such file or directory"
+        " — give the path of a journal file",
+    )
+    journal = tmp_path / "j.db"
+    Journal(str(journal)).close()
+    taken = tmp_path / "out.jsonl"
+    taken.write_text("keep me")
+    assert run(capsys, "journal", "export", str(journal), "--output", str(taken)) == (
+        2,
+        f"taskfleet: error: cannot create {taken}: File exists"
+        " — give a new file in a writable directory (an existing one is never replaced)",
+    )
+    assert taken.read_text() == "keep me"
