@@ -303,10 +303,10 @@ class BoardService:
     def lease(self, worker: str, n: int, wait: float = 0.0) -> list[tuple[Any, ...]]:
         leases = self.board.lease(worker, max(0, int(n)), min(float(wait), defaults.MAX_FETCH_WAIT))
         if any(lease.payload == STORED for lease in leases):
-            leases = self._load_items(worker, leases)
+            leases = self._load_items(leases)
         return wire(leases)
 
-    def _load_items(self, worker: str, leases: list[Lease]) -> list[Lease]:
+    def _load_items(self, leases: list[Lease]) -> list[Lease]:
         """Fill in the items of item-list chunks from the journal (a few chunks per call:
         the master never holds a job's whole item list). A chunk whose items cannot be
         read fails its job with the reason; the other leases go out."""

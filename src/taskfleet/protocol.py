@@ -266,7 +266,8 @@ class SubmitReply(TypedDict):
 
 
 class UploadReply(TypedDict):
-    """Where an upload stands: the next batch the master expects, items received so far."""
+    """Where an upload stands: the next batch the master expects (-1: the job is sealed
+    already, an ``open`` resent after a lost reply), and the items received so far."""
 
     id: str
     seq: int
