@@ -15,6 +15,8 @@ PYTHON ?= python3
 VENV ?= .venv
 # Base image for the taskfleet images; empty = build taskfleet-base from Debian's archive.
 BASE_IMAGE ?=
+# Job packages for both images: project folders or .whl files (JOBS="examples/primes"); for deploy it replaces taskfleet_job_packages.
+JOBS ?=
 # Number of simulated worker hosts in the lab.
 LAB_WORKERS ?= 3
 # Non-empty: lab-down also removes the apt cache volume; teardown and down also journals and authkeys.
@@ -54,6 +56,12 @@ LAB_INVENTORY := $(or $(TASKFLEET_LAB_INVENTORY),inventory/$(LAB))
 # INVENTORY=lab means inventory/lab; a value with a slash is a path.
 INVENTORY_DIR := $(if $(INVENTORY),$(if $(findstring /,$(INVENTORY)),$(INVENTORY),inventory/$(INVENTORY)),$(LAB_INVENTORY))
 LAB_PY := $(BIN)/python -m taskfleet.ops.lab
+# JOBS given to make (command line or environment, even empty) replaces the inventory's
+# taskfleet_job_packages: ansible-playbook gets it as an extra variable, a JSON list.
+comma := ,
+space := $(subst ,, )
+JOBS_GIVEN := $(filter-out file,$(origin JOBS))
+JOBS_EXTRA := $(if $(JOBS_GIVEN),-e '{"taskfleet_job_packages": [$(subst $(space),$(comma),$(foreach j,$(JOBS),"$(j)"))]}')
 
 ##@ Help
 
@@ -135,8 +143,8 @@ base-image: docker-check venv ## Build taskfleet-base from Debian's archive (ski
 	$(BIN)/python -m taskfleet.ops.images base
 
 .PHONY: images
-images: docker-check venv ## Build taskfleet-master and taskfleet-worker (tagged by content); writes .build/images.json.
-	$(BIN)/python -m taskfleet.ops.images build $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
+images: docker-check venv ## Build taskfleet-master and taskfleet-worker with the JOBS packages (tagged by content); writes .build/images.json.
+	$(BIN)/python -m taskfleet.ops.images build $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(foreach j,$(JOBS),--job $(j))
 
 ##@ Lab (simulated machines)
 
@@ -155,9 +163,9 @@ lab-status: venv ## Show the hosts of LAB and their state.
 ##@ Deploy (Ansible)
 
 .PHONY: deploy
-deploy: venv ## Deploy master and workers to INVENTORY (default: the lab's), then run the smoke test.
+deploy: venv ## Deploy master and workers to INVENTORY (default: the lab's), then run the smoke test; JOBS= builds the images with those job packages.
 	@[ -d $(INVENTORY_DIR) ] || { echo "make: no inventory at $(INVENTORY_DIR) — run make lab$(if $(filter-out local,$(LAB)), LAB=$(LAB)) first, or copy inventory/lab to inventory/<name> and use INVENTORY=<name>" >&2; exit 1; }
-	$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/site.yml $(ANSIBLE_ARGS)
+	$(if $(BASE_IMAGE),BASE_IMAGE=$(BASE_IMAGE) )$(BIN)/ansible-playbook -i $(INVENTORY_DIR) deploy/site.yml $(JOBS_EXTRA) $(ANSIBLE_ARGS)
 
 .PHONY: smoke
 smoke: venv ## Run the squares smoke test against INVENTORY's running cluster.

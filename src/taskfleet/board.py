@@ -112,6 +112,8 @@ class JobSpec:
     retries: int = defaults.RETRIES
     on_error: str = OnError.FAIL.value
     item_timeout: float | None = None
+    # The code the master resolved the job name to at submit (jobs.code_version).
+    code_version: str = ""
 
     @property
     def item_range(self) -> range:
@@ -181,6 +183,7 @@ class JobSpec:
             listed=self.listed,
             created=self.created,
             options=self.options,
+            code_version=self.code_version,
         )
 
     @classmethod
@@ -198,6 +201,7 @@ class JobSpec:
             opts["retries"],
             opts["on_error"],
             opts["item_timeout"],
+            w.get("code_version", ""),
         )
 
 
@@ -218,6 +222,7 @@ class WorkerInfo:
     chunks_done: int = 0
     items_done: int = 0
     gone: bool = False
+    job_packages: dict[str, str] = field(default_factory=dict)  # reported at hello
 
 
 class BoardView(TypedDict):
@@ -636,10 +641,22 @@ class Board:
 
     # -- workers ----------------------------------------------------------
 
-    def note_seen(self, worker: str, host: str = "", processes: int = 0) -> bool:
-        """Record that a worker spoke; return True when it joined (is new or came back)."""
+    def note_seen(
+        self,
+        worker: str,
+        host: str = "",
+        processes: int = 0,
+        job_packages: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Record that a worker spoke; return True when it joined (is new or came back).
+
+        ``job_packages`` (said at hello) replaces what the worker reported before.
+        """
         with self._lock:
-            return self._note_seen(worker, host, processes)
+            joined = self._note_seen(worker, host, processes)
+            if job_packages is not None:
+                self._workers[worker].job_packages = dict(job_packages)
+            return joined
 
     def _note_seen(self, worker: str, host: str = "", processes: int = 0) -> bool:
         now = self._clock()
@@ -929,6 +946,7 @@ class Board:
             retries=spec.retries,
             on_error=spec.on_error,
             item_timeout=spec.item_timeout,
+            code_version=spec.code_version,
         )
         if job.error:
             view["error"] = job.error
@@ -968,6 +986,7 @@ class Board:
                     chunks_done=w.chunks_done,
                     items_done=w.items_done,
                     leased=leased.get(w.name, 0),
+                    job_packages=dict(w.job_packages),
                 )
                 for w in self._workers.values()
                 if not w.gone and now - w.last_seen <= self.lease_timeout

@@ -528,8 +528,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         else:
             print(job.id)
         return 0
+    code = f" ({spec.code_version})" if spec.code_version else ""
     print(
-        f"job {job.id}: {spec.job} over {spec.n_items} items in {spec.n_chunks} chunks",
+        f"job {job.id}: {spec.job}{code} over {spec.n_items} items in {spec.n_chunks} chunks",
         file=sys.stderr,
     )
     progress = _ProgressLine(job.id, sys.stderr)
@@ -607,6 +608,7 @@ def cmd_job(args: argparse.Namespace) -> int:
     c = view["chunks"]
     timeout = view.get("item_timeout")
     print(f"job {view['id']}: {view['job']}")
+    print(f"  code       {view.get('code_version') or 'unknown'}")
     print(f"  state      {view['state']}" + (f" — {view['error']}" if view.get("error") else ""))
     print(
         f"  items      {view['items_done']}/{view['items_total']} done,"
@@ -689,6 +691,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             f" heartbeat {w['last_heartbeat_age_s']:5.1f}s ago "
             f"chunks {w['chunks_done']:>7} items {w['items_done']:>10} leased {w['leased']}"
         )
+        packages = w.get("job_packages") or {}
+        if packages:
+            print("    jobs " + ", ".join(f"{n} {v}" for n, v in packages.items()))
     print(f"jobs ({len(st['jobs'])}):")
     for j in st["jobs"]:
         c = j["chunks"]
@@ -696,6 +701,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  {j['id']} {j['job']:<12} {j['state']:<9}"
             f" items {j['items_done']}/{j['items_total']} "
             f"chunks pending {c['pending']} leased {c['leased']} done {c['done']}"
+            + (f" code {j['code_version']}" if j.get("code_version") else "")
         )
     if st.get("jobs_not_listed"):
         print(f"  … and {st['jobs_not_listed']} older finished jobs (taskfleet jobs lists them)")

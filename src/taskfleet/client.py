@@ -62,6 +62,7 @@ from taskfleet.protocol import (
     ResultRow,
     Role,
     StatusView,
+    SubmitReply,
 )
 
 UPLOAD_CALL_TIMEOUT = 120.0
@@ -281,13 +282,29 @@ class Client:
             item_timeout=opts["item_timeout"],
         )
         if isinstance(items, range):
-            spec = dataclasses.replace(base, start=items.start, stop=items.stop, step=items.step)
-            self.board.submit(
-                job_id, job, size, spec.start, spec.stop, None, spec.step, opts, deadline=deadline
+            reply = self.board.submit(
+                job_id,
+                job,
+                size,
+                items.start,
+                items.stop,
+                None,
+                items.step,
+                opts,
+                deadline=deadline,
+            )
+            spec = dataclasses.replace(
+                base,
+                start=items.start,
+                stop=items.stop,
+                step=items.step,
+                code_version=reply.get("code_version", ""),
             )
         else:
-            n_items = self._send_items(job_id, job, size, opts, items, deadline)
-            spec = dataclasses.replace(base, listed=n_items)
+            reply = self._send_items(job_id, job, size, opts, items, deadline)
+            spec = dataclasses.replace(
+                base, listed=reply["n_items"], code_version=reply.get("code_version", "")
+            )
         return Job(self, job_id, spec=spec)
 
     def _send_items(
@@ -298,10 +315,10 @@ class Client:
         opts: JobOptions,
         items: Iterable[Any],
         deadline: float | None,
-    ) -> int:
+    ) -> SubmitReply:
         """Send an item list: in one ``submit`` when it fits one batch, else as an upload
         (open, append batch after batch, seal). Holds one batch at a time; returns the
-        number of items."""
+        master's reply (the number of items, the code version)."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise BadJobArguments(f"bad chunk size {size!r}", "use a whole number >= 1")
         per_batch = size * max(1, defaults.UPLOAD_BATCH_ITEMS // size)
@@ -311,10 +328,9 @@ class Client:
             if not first:
                 raise BadJobArguments("no items to process", "give at least one item")
             timeout = UPLOAD_CALL_TIMEOUT
-            self.board.submit(
+            return self.board.submit(
                 job_id, job, size, 0, 0, first, 1, opts, timeout=timeout, deadline=deadline
             )
-            return len(first)
         self.board.open(job_id, job, size, opts, deadline=deadline)
         sent = 0
         try:
@@ -323,7 +339,7 @@ class Client:
                     job_id, seq, batch, timeout=UPLOAD_CALL_TIMEOUT, deadline=deadline
                 )
                 sent += len(batch)
-            return int(self.board.seal(job_id, sent, deadline=deadline)["n_items"])
+            return self.board.seal(job_id, sent, deadline=deadline)
         except BaseException:
             self._abort_upload(job_id)
             raise

@@ -129,6 +129,9 @@ VACUUM_PAGES: Final = 256
 STATUS_FINISHED_JOBS: Final = 20
 """Finished jobs ``status`` lists after the pending and running ones (``jobs`` lists more)."""
 
+MAX_WORKER_JOB_PACKAGES: Final = 100
+"""Job packages a worker's hello may report (status lists them for every worker)."""
+
 JOBS_LIMIT: Final = 50
 """Jobs ``taskfleet jobs`` and ``Client.jobs()`` list by default, newest first."""
 

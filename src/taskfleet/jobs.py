@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
-from taskfleet import defaults
+from taskfleet import __version__, defaults
 from taskfleet.errors import BadJobArguments, ItemError, UnknownJob
 from taskfleet.protocol import FailureKind, ItemFailure
 
@@ -100,6 +100,35 @@ def resolve(name: str) -> JobFn:
     if fn is None or not callable(fn):
         raise _unknown(name, f" ({module_name} has no function {func_name})")
     return fn  # type: ignore[no-any-return]
+
+
+def installed_packages() -> dict[str, str]:
+    """The job packages installed here: distribution name → version of every distribution
+    that adds entry points to the ``taskfleet.jobs`` group (a worker reports them at hello)."""
+    found: dict[str, str] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.dist is not None:
+            found[ep.dist.name] = ep.dist.version
+    return dict(sorted(found.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def code_version(name: str) -> str:
+    """Which code a job name runs here, ``"<distribution> <version>"``: the entry point's
+    distribution, the one that owns a ``module:function``'s top-level package, taskfleet's
+    own for a built-in job; "" when no installed distribution owns it (the standard
+    library, a module on the path). The master records it with each job at submit.
+    """
+    if name in _BUILTIN:
+        return f"taskfleet {__version__}"
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ""
+    top = name.split(":", 1)[0].split(".", 1)[0]
+    owners = metadata.packages_distributions().get(top, [])
+    if len(owners) != 1:  # none, or a namespace shared by several: no single version
+        return ""
+    return f"{owners[0]} {metadata.version(owners[0])}"
 
 
 def validate(name: str, items: Sequence[Any] | None, offset: int = 0) -> None:

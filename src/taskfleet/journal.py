@@ -120,6 +120,7 @@ _ADDED_COLUMNS = (
     ("jobs", "item_timeout", "REAL"),
     ("jobs", "items_failed", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "finished", "REAL"),
+    ("jobs", "code_version", "TEXT NOT NULL DEFAULT ''"),
     ("done", "failed", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "listed", "INTEGER"),
     ("jobs", "upload_seq", "INTEGER NOT NULL DEFAULT 0"),
@@ -273,7 +274,8 @@ class Journal:
     def _insert_job(self, spec: JobSpec, state: str) -> None:
         self._w.execute(
             "INSERT INTO jobs (id, job, chunk_size, start, stop, created, step, retries,"
-            " on_error, item_timeout, listed, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " on_error, item_timeout, listed, state, code_version)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 spec.id,
                 spec.job,
@@ -287,6 +289,7 @@ class Journal:
                 spec.item_timeout,
                 spec.listed,
                 state,
+                spec.code_version,
             ),
         )
 
@@ -436,13 +439,14 @@ class Journal:
             rows = self._r.execute(
                 "SELECT id, job, chunk_size, start, stop, items IS NOT NULL, created, state,"
                 " error, duplicates, step, retries, on_error, item_timeout, items_failed,"
-                " finished, listed, upload_seq FROM jobs ORDER BY created, rowid"
+                " finished, listed, upload_seq, code_version FROM jobs ORDER BY created, rowid"
             ).fetchall()
         return [self._load(row) for row in rows]
 
     def _load(self, row: tuple[Any, ...]) -> JournaledJob:
         (jid, job, cs, start, stop, legacy, created, state, error, dups) = row[:10]
-        (step, retries, on_error, item_timeout, items_failed, finished, listed, seq) = row[10:]
+        (step, retries, on_error, item_timeout, items_failed, finished) = row[10:16]
+        (listed, seq, code_version) = row[16:]
         try:
             spec = JobSpec(
                 id=_text(jid),
@@ -456,6 +460,7 @@ class Journal:
                 retries=_whole(retries),
                 on_error=_text(on_error),
                 item_timeout=None if item_timeout is None else float(item_timeout),
+                code_version=_text(code_version),
             )
             problem = _spec_problem(spec)
             if state == OPEN:

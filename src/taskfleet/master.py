@@ -114,6 +114,18 @@ def _check_job_id(job_id: Any) -> None:
         )
 
 
+def _packages(value: Any) -> dict[str, str]:
+    """A worker's job packages as it said them at hello, kept to plain short strings
+    (they go into every ``status``); anything else is dropped."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        k[:100]: v[:100]
+        for k, v in list(value.items())[: defaults.MAX_WORKER_JOB_PACKAGES]
+        if isinstance(k, str) and isinstance(v, str)
+    }
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -254,9 +266,13 @@ class BoardService:
     def _peer(self) -> str:
         return self.server.peer() if self.server is not None else ""
 
-    def _joined(self, worker: str, host: str, processes: int = 0) -> None:
-        if self.board.note_seen(worker, host, processes):
+    def _joined(
+        self, worker: str, host: str, processes: int = 0, packages: dict[str, str] | None = None
+    ) -> None:
+        if self.board.note_seen(worker, host, processes, packages):
             extra = f", {processes} processes" if processes else ""
+            if packages:
+                extra += ", jobs " + ", ".join(f"{n} {v}" for n, v in packages.items())
             self.log.info(
                 "worker %s joined (host %s%s, from %s)", worker, host, extra, self._peer() or "?"
             )
@@ -268,8 +284,22 @@ class BoardService:
             ok=True, version=__version__, protocol=PROTOCOL_VERSION, address=self.address
         )
 
-    def hello(self, protocol: int, role: str, name: str, host: str, processes: int) -> HelloReply:
-        """First call on every connection: refuse another protocol; a worker joins the board."""
+    def hello(
+        self,
+        protocol: int,
+        role: str,
+        name: str,
+        host: str,
+        processes: int,
+        job_packages: dict[str, str] | None = None,
+        *later: Any,
+    ) -> HelloReply:
+        """First call on every connection: refuse another protocol; a worker joins the board
+        with the job packages it has (distribution → version).
+
+        Arguments a later protocol version adds (``later``) are taken and ignored, so a
+        newer peer gets the version check's one line, not an argument error.
+        """
         if protocol != PROTOCOL_VERSION:
             self.log.warning(
                 "refused %s %s from %s: it speaks protocol %s, this master %d",
@@ -285,7 +315,7 @@ class BoardService:
                 "run the same taskfleet version on the master, the workers and the clients",
             )
         if role == Role.WORKER:
-            self._joined(name, host, processes)
+            self._joined(name, host, processes, _packages(job_packages))
         lt = self.board.lease_timeout
         return HelloReply(
             protocol=PROTOCOL_VERSION,
@@ -579,6 +609,7 @@ class BoardService:
             opts["retries"],
             opts["on_error"],
             opts["item_timeout"],
+            jobs.code_version(job),
         )
         with self._submit:
             if self.board.has_job(job_id):
@@ -592,9 +623,10 @@ class BoardService:
         self.board.add_job(spec)
         self._job_started[spec.id] = time.monotonic()
         self.log.info(
-            "job %s submitted: %s over %d items in %d chunks (retries %d, on error %s%s)",
+            "job %s submitted: %s%s over %d items in %d chunks (retries %d, on error %s%s)",
             spec.id,
             spec.job,
+            f" ({spec.code_version})" if spec.code_version else "",
             spec.n_items,
             spec.n_chunks,
             spec.retries,
@@ -605,7 +637,13 @@ class BoardService:
 
     @staticmethod
     def _submitted(spec: JobSpec) -> SubmitReply:
-        return SubmitReply(id=spec.id, job=spec.job, n_items=spec.n_items, n_chunks=spec.n_chunks)
+        return SubmitReply(
+            id=spec.id,
+            job=spec.job,
+            n_items=spec.n_items,
+            n_chunks=spec.n_chunks,
+            code_version=spec.code_version,
+        )
 
     # -- uploads: open, append, seal ---------------------------------------------------
 
@@ -634,6 +672,7 @@ class BoardService:
                 retries=opts["retries"],
                 on_error=opts["on_error"],
                 item_timeout=opts["item_timeout"],
+                code_version=jobs.code_version(job),
             )
             self.journal.open_upload(spec)
             upload = _Upload(spec, 0, time.monotonic())

@@ -37,9 +37,10 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import Any, Final, NamedTuple, Protocol, TypedDict
 
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 """Version 1 was the first release (no hello version check); 2 adds it; 3 adds job control
-(per-item failures, retries, cancel, ordered fetch, job listing) and drops ``fail``; 4
+(per-item failures, retries, cancel, ordered fetch, job listing) and drops ``fail``; 4 adds
+the worker's job packages to ``hello`` and the job's code version to its spec and views; 5
 streams item lists (``open``/``append``/``seal``, items stored per chunk, fetched with their
 results on request) and replaces ``SpecWire.items`` by ``listed``."""
 
@@ -53,7 +54,7 @@ BOARD_TYPEID: Final = "get_board"
 class Method(StrEnum):
     """Every method of the board service. Workers use the first group, clients the second."""
 
-    HELLO = "hello"  # (protocol, role, name, host, processes) -> HelloReply
+    HELLO = "hello"  # (protocol, role, name, host, processes, job_packages) -> HelloReply
     HEARTBEAT = "heartbeat"  # (worker, host, held: [ChunkId]) -> [ChunkId] to stop
     LEASE = "lease"  # (worker, n, wait) -> [Lease]
     COMPLETE = "complete"  # (worker, host, results: [Result]) -> Ack
@@ -234,6 +235,7 @@ class SpecWire(TypedDict):
     listed: int | None
     created: float
     options: JobOptions
+    code_version: str  # "<distribution> <version>" the master resolved the name to; "" unknown
 
 
 class Ack(TypedDict):
@@ -263,6 +265,7 @@ class SubmitReply(TypedDict):
     job: str
     n_items: int
     n_chunks: int
+    code_version: str  # as in SpecWire
 
 
 class UploadReply(TypedDict):
@@ -304,6 +307,7 @@ class JobView(_JobViewBase, total=False):
     retries: int
     on_error: str
     item_timeout: float | None
+    code_version: str  # the job's code as resolved at submit: "<distribution> <version>"
 
 
 class JobList(TypedDict):
@@ -340,6 +344,7 @@ class WorkerView(TypedDict):
     chunks_done: int
     items_done: int
     leased: int
+    job_packages: dict[str, str]  # its taskfleet.jobs distributions: name → version
 
 
 class MasterView(TypedDict):
@@ -393,9 +398,22 @@ class BoardStub:
 
     # -- every peer
 
-    def hello(self, role: Role, name: str, host: str = "", processes: int = 0) -> HelloReply:
+    def hello(
+        self,
+        role: Role,
+        name: str,
+        host: str = "",
+        processes: int = 0,
+        job_packages: dict[str, str] | None = None,
+    ) -> HelloReply:
         reply: HelloReply = self._caller.call(
-            Method.HELLO.value, PROTOCOL_VERSION, role.value, name, host, processes
+            Method.HELLO.value,
+            PROTOCOL_VERSION,
+            role.value,
+            name,
+            host,
+            processes,
+            dict(job_packages or {}),
         )
         return reply
 

@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from taskfleet import defaults
+from taskfleet import defaults, jobs
 from taskfleet.errors import AuthkeyRejected, ProtocolMismatch, Stopping, TaskfleetError
 from taskfleet.manager import Session
 from taskfleet.pool import Pool
@@ -69,11 +69,15 @@ class Worker:
         self.hb_interval = defaults.heartbeat_interval(defaults.LEASE_TIMEOUT)
         self._fatal: BaseException | None = None
         self.chunks_done = 0
+        # What this worker can run beyond the built-ins, said at every hello.
+        self.job_packages = jobs.installed_packages()
 
     # -- connection hooks ---------------------------------------------------------
 
     def _hello(self, session: Session) -> None:
-        cfg = BoardStub(session.once).hello(Role.WORKER, self.name, self.host, self.processes)
+        cfg = BoardStub(session.once).hello(
+            Role.WORKER, self.name, self.host, self.processes, self.job_packages
+        )
         self.lease_timeout = float(cfg["lease_timeout"])
         self.hb_interval = float(cfg["heartbeat_interval"])
         if session.connects == 1:

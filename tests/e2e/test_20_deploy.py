@@ -78,6 +78,12 @@ def playbook(inventory: Path, name: str, *extra: str, timeout: float = 1500) -> 
     manifest = os.environ.get("TASKFLEET_E2E_IMAGES_MANIFEST")
     if manifest:
         argv += ["-e", f"taskfleet_images_manifest={manifest}"]
+    return run_deploy([*argv, *extra], timeout)
+
+
+def run_deploy(argv: list[str], timeout: float = 1500) -> Run:
+    """Run a deploy command (ansible-playbook, make deploy) from the repository, uncoloured;
+    its output joins OUTPUTS, which the leak test reads."""
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO / "deploy/ansible.cfg"),
@@ -86,13 +92,7 @@ def playbook(inventory: Path, name: str, *extra: str, timeout: float = 1500) -> 
     }
     started = time.monotonic()
     proc = subprocess.run(
-        [*argv, *extra],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-        check=False,
+        argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False
     )
     run = Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
     OUTPUTS.append(run.out)

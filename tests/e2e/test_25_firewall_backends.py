@@ -90,7 +90,8 @@ def test_ufw_backend_replaces_nftables_and_guards_the_manager_port(
     allowed = sorted(
         re.findall(rf"{PORT}/tcp +ALLOW IN +(\S+) +# taskfleet manager client", "\n".join(rules))
     )
-    assert allowed == sorted(lab.hosts[w] for w in lab.workers), rules
+    # The worker hosts, and the control node (inventory/local/group_vars: client sources).
+    assert allowed == sorted([*(lab.hosts[w] for w in lab.workers), lab.cfg.gateway]), rules
     deny = rf"{PORT}/tcp +DENY IN +Anywhere +# taskfleet manager others"
     assert re.search(deny, rules[-2]), rules
     assert any("22/tcp" in r and "# taskfleet admin ssh" in r for r in rules), rules

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from taskfleet import __version__
 from tests.integration.conftest import Cluster, parse_submit_json
 from tests.waiting import wait_for
 
@@ -88,10 +89,20 @@ def test_status_json_shape(cluster: Cluster) -> None:
     assert st["jobs_not_listed"] == 0
     assert st["master"]["address"] == cluster.address and st["master"]["uptime_s"] >= 0
     (w,) = st["workers"]
-    assert set(w) == {"name", "host", "last_heartbeat_age_s", "chunks_done", "items_done", "leased"}
+    assert set(w) == {
+        "name",
+        "host",
+        "last_heartbeat_age_s",
+        "chunks_done",
+        "items_done",
+        "leased",
+        "job_packages",
+    }
     assert (w["name"], w["host"], w["chunks_done"], w["items_done"]) == ("w1", "hostA", 3, 3000)
+    assert w["job_packages"] == {}  # the test venv has no taskfleet.jobs distribution
     (job,) = st["jobs"]
-    assert {"id", "job", "state", "chunks", "items_total", "items_done"} <= set(job)
+    assert {"id", "job", "state", "chunks", "items_total", "items_done", "code_version"} <= set(job)
+    assert job["code_version"] == f"taskfleet {__version__}"  # squares is built in
     assert job["state"] == "done" and job["chunks"] == {"pending": 0, "leased": 0, "done": 3}
     assert (job["items_total"], job["items_done"]) == (3000, 3000)
 

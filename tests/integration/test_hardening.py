@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from taskfleet import cli, defaults
+from taskfleet import __version__, cli, defaults
 from taskfleet.journal import Journal
 from tests.integration.conftest import REPO, Cluster
 from tests.waiting import wait_for
@@ -684,6 +684,7 @@ def test_an_unsealed_upload_is_not_leased_and_expires_when_its_client_is_gone(
             "job": "squares",
             "n_items": 3,
             "n_chunks": 2,
+            "code_version": f"taskfleet {__version__}",  # what the job runs, as at submit
         }
         leases = service.lease("w1", 10)
         assert [(lease[1], lease[3][0], pickle.loads(lease[3][1])) for lease in leases] == [

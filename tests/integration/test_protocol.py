@@ -94,6 +94,33 @@ def test_a_peer_speaking_another_protocol_is_refused_in_one_line(
     assert master.service.status()["workers"] == []  # it never joined
 
 
+def test_a_newer_peer_with_more_hello_arguments_still_gets_the_one_line_refusal(
+    master: Master,
+) -> None:
+    session = Session(_address(master), KEY, "new-worker", timeout=5)
+    try:
+        with pytest.raises(ProtocolMismatch) as err:
+            session.call(
+                Method.HELLO.value, PROTOCOL_VERSION + 1, "worker", "w", "h", 1, {}, "later", 2
+            )
+    finally:
+        session.close()
+    assert f"this worker speaks {PROTOCOL_VERSION + 1}" in str(err.value)
+
+
+def test_a_workers_job_packages_from_hello_are_in_status_as_plain_strings(
+    master: Master,
+) -> None:
+    service = master.service
+    assert service is not None
+    service.hello(PROTOCOL_VERSION, "worker", "w1", "hostA", 1, {"taskfleet-primes": "1.0.0"})
+    service.hello(PROTOCOL_VERSION, "worker", "w2", "hostB", 1, ["not", "a", "mapping"])
+    service.hello(PROTOCOL_VERSION, "worker", "w3", "hostC", 1, {"ok": "1", "bad": 2, 3: "x"})
+    service.hello(PROTOCOL_VERSION, "worker", "w4", "hostD", 1)  # a stock peer says nothing
+    packages = {w["name"]: w["job_packages"] for w in service.status()["workers"]}
+    assert packages == {"w1": {"taskfleet-primes": "1.0.0"}, "w2": {}, "w3": {"ok": "1"}, "w4": {}}
+
+
 def test_every_reply_is_plain_data_and_the_stub_rebuilds_the_shapes(master: Master) -> None:
     """Replies carry no class references (a restricted unpickler admits them as they are);
     the typed stub gives both ends named tuples back."""
@@ -142,7 +169,13 @@ def test_every_reply_is_plain_data_and_the_stub_rebuilds_the_shapes(master: Mast
         hello = stub.hello(Role.WORKER, "w2", "hostB", 1)
         assert hello["protocol"] == PROTOCOL_VERSION and hello["lease_timeout"] == 10.0
         submitted = stub.submit("jz", "squares", 5, 0, 5)
-        assert submitted == {"id": "jz", "job": "squares", "n_items": 5, "n_chunks": 1}
+        assert submitted == {
+            "id": "jz",
+            "job": "squares",
+            "n_items": 5,
+            "n_chunks": 1,
+            "code_version": f"taskfleet {__version__}",
+        }
         _, leases2, stop = stub.exchange("w2", "hostB", [], 1, 0.0, [ChunkId("ji", 0)])
         assert stop == [ChunkId("ji", 0)], "a cancelled job's chunk is to be stopped"
         assert all(isinstance(lease, Lease) for lease in leases2)

@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 #: Every Python tree ruff looks at (mypy's files are in pyproject's [tool.mypy]).
-PYTHON_PATHS = ["src", "tests", "bench", "deploy/fabfile.py"]
+PYTHON_PATHS = ["src", "tests", "bench", "examples", "deploy/fabfile.py"]
 
 
 def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -260,6 +260,22 @@ def test_note_seen_says_when_a_worker_joins_or_comes_back(
     assert board.note_seen("w1") is True
 
 
+def test_a_workers_job_packages_stay_until_its_next_hello_and_a_job_shows_its_code(
+    make_board: MakeBoard,
+) -> None:
+    board = make_board(10)
+    board.note_seen("w1", "hostA", 2, {"taskfleet-primes": "1.0.0"})
+    board.note_seen("w1", "hostA")  # a heartbeat: what it said at hello stays
+    assert board.status()["workers"][0]["job_packages"] == {"taskfleet-primes": "1.0.0"}
+    board.note_seen("w1", "hostA", 2, {"taskfleet-primes": "1.1.0"})  # back after an upgrade
+    assert board.status()["workers"][0]["job_packages"] == {"taskfleet-primes": "1.1.0"}
+
+    spec = JobSpec("j1", "primes", 10, 0, 100, code_version="taskfleet-primes 1.1.0")
+    board.add_job(spec)
+    assert board.job_status("j1")["code_version"] == "taskfleet-primes 1.1.0"
+    assert JobSpec.from_wire(spec.as_wire()) == spec
+
+
 def test_check_catches_a_counter_that_drifted() -> None:
     board = Board(10)
     board.add_job(range_job(n=5000))

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from taskfleet import defaults, jobs
+from taskfleet import __version__, defaults, jobs
 from taskfleet.errors import BadJobArguments, ItemError, UnknownJob
+from tests.fakedist import fake_distribution
 
 
 def test_squares_is_built_in() -> None:
@@ -89,6 +90,24 @@ def test_entry_point_jobs_resolve_by_name(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "factorial_ep" in jobs.available()
     assert jobs.resolve("factorial_ep")(4) == 24
+
+
+def test_installed_job_packages_and_code_versions_name_the_distributions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = "def is_prime(n):\n    return n == 2\n"
+    jobs_ = {"primes_ep": "tf_primes_mod:is_prime"}
+    fake_distribution(tmp_path, "tf-primes", "2.1.0", "tf_primes_mod", source, jobs_)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    jobs.code_version.cache_clear()
+    try:
+        assert jobs.installed_packages()["tf-primes"] == "2.1.0"
+        assert jobs.code_version("primes_ep") == "tf-primes 2.1.0"
+        assert jobs.code_version("tf_primes_mod:is_prime") == "tf-primes 2.1.0"
+        assert jobs.code_version("squares") == f"taskfleet {__version__}"
+        assert jobs.code_version("math:factorial") == ""  # the standard library: no distribution
+    finally:
+        jobs.code_version.cache_clear()
 
 
 # -- running a chunk: failures per item ---------------------------------------------------

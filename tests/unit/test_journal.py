@@ -18,7 +18,7 @@ from taskfleet.protocol import JobState
 def test_jobs_and_results_survive_a_reopen(tmp_path: Path) -> None:
     path = str(tmp_path / "j.db")
     j = Journal(path)
-    ranged = JobSpec("r1", "squares", 1000, 0, 2500, created=1.0)
+    ranged = JobSpec("r1", "squares", 1000, 0, 2500, created=1.0, code_version="taskfleet 0.2.0")
     listed = JobSpec("i1", "squares", 2, listed=3, created=2.0)
     j.add_job(ranged)
     j.add_job(listed, [pickle.dumps([3, 4]), pickle.dumps([5])])

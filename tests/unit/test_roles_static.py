@@ -23,6 +23,7 @@ ROLES = [
     "authkey",
     "images",
     "master",
+    "profile",
     "workers",
     "smoke",
 ]
@@ -41,7 +42,10 @@ SHARED = {
     "taskfleet_master_port",
     "taskfleet_authkey_path",
     "taskfleet_images_manifest",
+    "taskfleet_authkey_local_path",
 }
+# Names an issue gave (a contract, docs/jobs.md): kept as written, without the role prefix.
+CONTRACT = {"taskfleet_job_packages": "images"}
 
 
 def load(path: Path) -> Any:
@@ -97,7 +101,8 @@ def test_spec_defaults_match_role_defaults(role: str) -> None:
 def test_variables_carry_the_project_and_role_prefix(role: str) -> None:
     own = f"taskfleet_{role}_"
     for name in defaults(role):
-        assert name in SHARED or name.startswith(own), f"{role}: {name} should start with {own}"
+        allowed = name in SHARED or CONTRACT.get(name) == role
+        assert allowed or name.startswith(own), f"{role}: {name} should start with {own}"
     internal = load(ROLES_DIR / role / "vars/main.yml")
     for name in internal:
         assert name.startswith(f"_taskfleet_{role}_"), f"{role}/vars: {name} should be _{own}…"

@@ -6,13 +6,15 @@
     every input (recipe script, package list, suite, mirror, import changes);
     the rootfs tarball is cached under ``.build/base/`` by the same hash, so a
     clean engine re-imports without running debootstrap again.
-``python -m taskfleet.ops.images build [--base-image IMAGE]``
+``python -m taskfleet.ops.images build [--base-image IMAGE] [--job PATH ...]``
     Build (or reuse) ``taskfleet-master:<TAG>`` and ``taskfleet-worker:<TAG>``
-    from a wheel made on the host. TAG is a hash of what goes into the image
-    (the staged runtime source, the Dockerfile and its helper, the base image
-    ID), so unchanged code gives the same tag and the build is skipped.
+    from a wheel made on the host, plus the job packages (``--job``: project
+    folders or wheels, with their dependencies; see :mod:`taskfleet.ops.jobpkgs`).
+    TAG is a hash of what goes into the image (the staged runtime source, the
+    Dockerfile and its helper, the base image ID, every job wheel's contents),
+    so unchanged code gives the same tag and the build is skipped.
     Writes ``.build/images.json`` (docs/interfaces.md).
-``python -m taskfleet.ops.images save [--base-image IMAGE]``
+``python -m taskfleet.ops.images save [--base-image IMAGE] [--job PATH ...]``
     Build as above, then ``docker save`` both images once into
     ``.build/taskfleet-images-<TAG>.tar`` (reused while the tag is unchanged).
 
@@ -32,15 +34,15 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 
-from taskfleet.ops import engine
+from taskfleet.ops import engine, jobpkgs
 from taskfleet.ops.engine import HASH_LEN, REPO, Log, image_id
 from taskfleet.ops.errors import ImagesError, run_cli
 
@@ -84,12 +86,17 @@ def _build_lock(log: Log) -> contextlib.AbstractContextManager[None]:
 
 @dataclass(frozen=True)
 class ImageSet:
-    """The names ``make images`` produced; serialised as .build/images.json."""
+    """The names ``make images`` produced; serialised as .build/images.json.
+
+    ``jobs`` maps each job package in the images to its version (empty
+    without JOBS).
+    """
 
     tag: str
     master: str
     worker: str
     base: str
+    jobs: dict[str, str] = field(default_factory=dict)
 
 
 def connect() -> docker.DockerClient:
@@ -283,9 +290,12 @@ def _recipe_files() -> Iterator[tuple[str, Path]]:
             yield f"images/taskfleet/{path.name}", path
 
 
-def content_tag(base_id: str) -> str:
-    """TAG = hash of the staged runtime tree, the image recipe files and the base image ID."""
-    return engine.tree_hash([*_runtime_files(), *_recipe_files()], _STUB_README, base_id)
+def content_tag(base_id: str, job_digests: Sequence[str] = ()) -> str:
+    """TAG = hash of the staged runtime tree, the image recipe files, the base image ID and
+    the contents of every job wheel (``jobpkgs.JobSet.digests``; none without JOBS)."""
+    return engine.tree_hash(
+        [*_runtime_files(), *_recipe_files()], _STUB_README, base_id, *job_digests
+    )
 
 
 def _build_wheel(context: Path, log: Log) -> Path:
@@ -354,8 +364,16 @@ def _docker_build(
     name: str,
     buildargs: dict[str, str],
     log: Log,
+    with_jobs: bool,
 ) -> None:
     """One legacy-builder build of ``target``; prints its steps; raises ImagesError on failure."""
+    fix = "fix images/taskfleet/Dockerfile or the base image, then run make images again"
+    if with_jobs:
+        # The build loads every job entry point: an import error there is a job package's.
+        fix = (
+            "if a job entry point failed to load, declare what it imports as dependencies "
+            "in its pyproject.toml; else " + fix
+        )
     engine.build(
         client,
         context,
@@ -365,7 +383,7 @@ def _docker_build(
         log=log,
         error=ImagesError,
         what=f"docker build --target {target}",
-        fix="fix images/taskfleet/Dockerfile or the base image, then run make images again",
+        fix=fix,
     )
     if not image_id(client, name):
         raise ImagesError(f"docker build produced no {name}", "see the output above")
@@ -375,18 +393,26 @@ def build_images(
     base_image: str | None = None,
     client: docker.DockerClient | None = None,
     log: Log = _log,
+    jobs: Sequence[str] = (),
 ) -> ImageSet:
     """Build or reuse both images; write and return .build/images.json's content.
 
     ``base_image`` None builds/reuses taskfleet-base; otherwise it must already be
-    in the engine (no registry: ``docker load`` it first). Raises ImagesError.
+    in the engine (no registry: ``docker load`` it first). ``jobs`` are job
+    packages (project folders or wheels, relative to the working directory)
+    installed into both images with their dependencies. Raises ImagesError; a
+    failed build tags nothing it did not have before.
     """
     with _build_lock(log):
-        return _build_images(client or connect(), base_image, log)
+        return _build_images(client or connect(), base_image, jobs, log)
 
 
-def _build_images(client: docker.DockerClient, base_image: str | None, log: Log) -> ImageSet:
+def _build_images(
+    client: docker.DockerClient, base_image: str | None, jobs: Sequence[str], log: Log
+) -> ImageSet:
     started = time.monotonic()
+    # A mistyped JOBS entry stops the build before anything else runs.
+    sources = jobpkgs.parse_sources(jobs, Path.cwd())
     if base_image:
         base = base_image
         log(f"==> using base image {base} (BASE_IMAGE)")
@@ -399,8 +425,11 @@ def _build_images(client: docker.DockerClient, base_image: str | None, log: Log)
             "docker load it (or docker pull it where a registry is reachable), "
             "or leave BASE_IMAGE empty to build taskfleet-base",
         )
-    tag = content_tag(base_id)
-    images = ImageSet(tag, f"{MASTER_REPO}:{tag}", f"{WORKER_REPO}:{tag}", base)
+    # Every job wheel is made and checked before any image is built: a bad
+    # package stops here, and nothing is tagged.
+    jobset = jobpkgs.prepare(sources, client, base, base_id, log)
+    tag = content_tag(base_id, jobset.digests)
+    images = ImageSet(tag, f"{MASTER_REPO}:{tag}", f"{WORKER_REPO}:{tag}", base, jobset.versions())
     if image_id(client, images.master) and image_id(client, images.worker):
         log(f"==> {images.master} and {images.worker} exist — nothing to do")
     else:
@@ -411,16 +440,37 @@ def _build_images(client: docker.DockerClient, base_image: str | None, log: Log)
             if path.is_file():
                 shutil.copy2(path, context / path.name)
         _build_wheel(context, log)
-        buildargs = _oci_args(base)
-        for target, name in (("master", images.master), ("worker", images.worker)):
-            log(f"==> docker build --target {target} -t {name}")
-            _docker_build(client, context, target, name, buildargs, log)
+        (context / "jobs").mkdir()
+        for wheel in jobset.wheels:
+            shutil.copy2(wheel, context / "jobs" / wheel.name)
+        buildargs = {**_oci_args(base), **jobset.build_args()}
+        with _untag_on_failure(client, [images.master, images.worker], log):
+            for target, name in (("master", images.master), ("worker", images.worker)):
+                log(f"==> docker build --target {target} -t {name}")
+                _docker_build(client, context, target, name, buildargs, log, bool(jobs))
         shutil.rmtree(context, ignore_errors=True)
         log(f"==> built {images.master} and {images.worker} in {time.monotonic() - started:.0f} s")
     for name in (images.master, images.worker):
         log(f"   {name}: {client.images.get(name).attrs['Size'] / 1e6:.0f} MB")
+    for line in jobset.summary():
+        log(line)
     write_images_json(images)
     return images
+
+
+@contextlib.contextmanager
+def _untag_on_failure(client: docker.DockerClient, names: list[str], log: Log) -> Iterator[None]:
+    """Remove the tags in ``names`` that this block made if it fails: both images or neither."""
+    had = {name for name in names if image_id(client, name)}
+    try:
+        yield
+    except BaseException:
+        for name in names:
+            if name not in had and image_id(client, name):
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(name)
+                    log(f"   {name}: removed (its pair failed to build)")
+        raise
 
 
 def write_images_json(images: ImageSet) -> Path:
@@ -492,6 +542,15 @@ def _parser() -> argparse.ArgumentParser:
             help="use this image (already in the engine) instead of taskfleet-base, "
             "e.g. python:3.13-slim (env BASE_IMAGE)",
         )
+        p.add_argument(
+            "--job",
+            dest="jobs",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="a job package to install into both images: a project folder (with a "
+            "pyproject.toml) or a .whl; repeat for more (make images JOBS=...)",
+        )
     return parser
 
 
@@ -503,9 +562,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "base":
                 print(build_base(mirror=args.mirror))
             elif args.command == "build":
-                print(json.dumps(asdict(build_images(args.base_image))))
+                print(json.dumps(asdict(build_images(args.base_image, jobs=args.jobs))))
             else:
-                print(save_images(build_images(args.base_image)))
+                print(save_images(build_images(args.base_image, jobs=args.jobs)))
 
     return run_cli(run)
 
