@@ -117,7 +117,7 @@ test-fast: venv ## Unit and integration, no Docker (= a bare pytest): the contri
 	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: venv ## Throughput benchmark: seed design vs taskfleet vs Pool.map, and master memory.
+bench: venv ## Throughput benchmark: seed design vs taskfleet vs Pool.map, master memory, a streamed items file.
 	$(BIN)/python bench/throughput.py
 
 .PHONY: bench-deploy

@@ -10,7 +10,12 @@ execution is at-least-once and results exactly-once per chunk.
 Range jobs (``--range N``) are never materialised: a chunk is computed from
 its index, pending chunks are "everything from the cursor on" plus a small
 requeue set, and done chunks are one bit each. A 100,000,000-item job with
-chunks of 1,000 costs about 12 KB here.
+chunks of 1,000 costs about 12 KB here. Item-list jobs are not held here
+either: the journal keeps their items per chunk, and the board hands out a
+``("stored",)`` payload that the master fills in with the chunk's items. What
+the board does hold per job, one bit per chunk, is bounded by
+:func:`check_size` (``defaults.MAX_JOB_CHUNKS``), which the master applies
+before anything is journaled.
 
 The clock is injectable (tests drive time by hand); nothing here touches the
 disk or the network — the master journals around it. The one deliberate
@@ -36,12 +41,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from taskfleet import defaults
+from taskfleet.errors import BadJobArguments
 from taskfleet.protocol import (
     ChunkId,
     JobList,
@@ -55,17 +61,52 @@ from taskfleet.protocol import (
     WorkerView,
 )
 
+STORED: Payload = ("stored",)
+"""The payload the board hands out for a chunk of an item-list job: the master replaces it
+with the chunk's items from the journal (the board does no I/O)."""
+
+
+def range_length(start: int, stop: int, step: int) -> int:
+    """``len(range(start, stop, step))`` by arithmetic: len() refuses ranges longer than
+    sys.maxsize. A step of 0 is an empty range here (``range()`` refuses it)."""
+    if step > 0:
+        return max(0, (stop - start + step - 1) // step)
+    if step < 0:
+        return max(0, (start - stop - step - 1) // -step)
+    return 0
+
+
+def check_size(n_items: int, chunk_size: int) -> None:
+    """Refuse a job the master cannot hold: more than ``defaults.MAX_JOB_CHUNKS`` chunks.
+
+    Raises BadJobArguments naming the limit and the chunk size that would fit.
+    """
+    n_chunks = -(-n_items // chunk_size)
+    if n_chunks <= defaults.MAX_JOB_CHUNKS:
+        return
+    limit = defaults.MAX_JOB_CHUNKS
+    fits = -(-n_items // limit)
+    what = (
+        f"{n_items:,} items in chunks of {chunk_size:,} make {n_chunks:,} chunks;"
+        f" a job has at most {limit:,} (the master keeps one bit per chunk)"
+    )
+    if fits <= defaults.MAX_CHUNK_SIZE:
+        raise BadJobArguments(what, f"use --chunk-size {fits} or more, or split the job")
+    most = limit * defaults.MAX_CHUNK_SIZE
+    raise BadJobArguments(what, f"split it into jobs of at most {most:,} items")
+
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What was submitted. ``items is None`` means ``range(start, stop, step)``."""
+    """What was submitted: a range job over ``range(start, stop, step)``, or (``listed``
+    set) an item-list job of ``listed`` items that the journal keeps chunk by chunk."""
 
     id: str
     job: str
     chunk_size: int
     start: int = 0
     stop: int = 0
-    items: Sequence[Any] | None = None
+    listed: int | None = None
     created: float = 0.0
     step: int = 1
     retries: int = defaults.RETRIES
@@ -81,12 +122,9 @@ class JobSpec:
 
     @property
     def n_items(self) -> int:
-        if self.items is not None:
-            return len(self.items)
-        # Arithmetic, not len(range): len() refuses ranges longer than sys.maxsize.
-        if self.step > 0:
-            return max(0, (self.stop - self.start + self.step - 1) // self.step)
-        return max(0, (self.start - self.stop - self.step - 1) // -self.step)
+        if self.listed is not None:
+            return self.listed
+        return range_length(self.start, self.stop, self.step)
 
     @property
     def n_chunks(self) -> int:
@@ -108,19 +146,20 @@ class JobSpec:
         return hi - lo
 
     def payload(self, index: int) -> Payload:
-        lo, hi = self.bounds(index)
-        if self.items is None:
-            part = self.item_range[lo:hi]
-            if part.step == 1:
-                return ("range", part.start, part.stop)
-            return ("range", part.start, part.stop, part.step)
-        return ("items", list(self.items[lo:hi]))
+        """A range chunk's payload, or :data:`STORED` (the master loads the items)."""
+        if self.listed is not None:
+            return STORED
+        part = self.chunk_range(index)
+        if part.step == 1:
+            return ("range", part.start, part.stop)
+        return ("range", part.start, part.stop, part.step)
 
-    def chunk_items(self, index: int) -> Sequence[Any]:
+    def chunk_range(self, index: int) -> range:
+        """The items of chunk ``index`` of a range job (ValueError for an item-list job)."""
+        if self.listed is not None:
+            raise ValueError(f"job {self.id} is an item-list job: its items are in the journal")
         lo, hi = self.bounds(index)
-        if self.items is None:
-            return self.item_range[lo:hi]
-        return self.items[lo:hi]
+        return self.item_range[lo:hi]
 
     def lease(self, index: int) -> Lease:
         """What a worker gets to run chunk ``index``."""
@@ -134,7 +173,6 @@ class JobSpec:
         )
 
     def as_wire(self) -> SpecWire:
-        items = None if self.items is None else list(self.items)
         return SpecWire(
             id=self.id,
             job=self.job,
@@ -142,7 +180,7 @@ class JobSpec:
             start=self.start,
             stop=self.stop,
             step=self.step,
-            items=items,
+            listed=self.listed,
             created=self.created,
             options=self.options,
             code_version=self.code_version,
@@ -157,7 +195,7 @@ class JobSpec:
             w["chunk_size"],
             w["start"],
             w["stop"],
-            w["items"],
+            w["listed"],
             w["created"],
             w["step"],
             opts["retries"],
@@ -233,10 +271,13 @@ class _JobState:
     it by brute force.
     """
 
-    def __init__(self, spec: JobSpec, done: Iterable[int], all_done: bool = False) -> None:
+    def __init__(
+        self, spec: JobSpec, done: Iterable[int], all_done: bool = False, held: bool = True
+    ) -> None:
         self.spec = spec
-        #: number of chunks of the job
-        self.n_chunks = spec.n_chunks
+        #: number of chunks of the job; 0 for a job that is not held (a journal entry the
+        #: master could not load: it is listed, failed, and has no chunk to track)
+        self.n_chunks = spec.n_chunks if held else 0
         #: one bit per chunk: set when its results are accepted
         self.done_bits = bytearray((self.n_chunks + 7) // 8)
         #: chunks done / items in them
@@ -399,6 +440,8 @@ class _JobState:
         if len(done) != self.n_done:
             problems.append(f"n_done {self.n_done} != {len(done)} bits set")
         items = sum(self.spec.chunk_len(i) for i in done)
+        if self.n_chunks != self.spec.n_chunks and self.state != JobState.FAILED:
+            problems.append(f"a job that is not held is {self.state}, not failed")
         if items != self.items_done:
             problems.append(f"items_done {self.items_done} != {items}")
         if not 0 <= self.cursor <= self.n_chunks:
@@ -492,14 +535,19 @@ class Board:
         items_failed: int = 0,
         finished: float | None = None,
         attempts: Mapping[int, tuple[int, Iterable[str]]] | None = None,
+        held: bool = True,
     ) -> None:
         """Add a job (``done``: chunk indices already completed, e.g. from the journal).
 
         A job journaled as done needs no ``done`` list. ``attempts`` (chunk ->
         (failed attempts, workers that failed it)) resumes the retry count of a
-        running job.
+        running job. ``held=False`` lists a journal entry the master could not load:
+        it must be failed, and nothing of it is tracked (no chunk bits at all, so a
+        job too large to hold can still be shown with its reason).
         """
-        job = _JobState(spec, done, all_done=state == JobState.DONE)
+        if not held and state != JobState.FAILED:
+            raise ValueError("only a failed job can be listed without holding its chunks")
+        job = _JobState(spec, done, all_done=state == JobState.DONE, held=held)
         job.duplicates = duplicates
         job.items_failed = items_failed
         if state in (JobState.FAILED, JobState.CANCELLED):

@@ -1,7 +1,8 @@
 """``taskfleet`` — the command line (see docs/interfaces.md for the contract).
 
 Every failure is one line on stderr, ``taskfleet: error: <what> — <fix>``,
-and a non-zero exit; exit 0 only on success.
+and a non-zero exit; exit 0 only on success. :func:`error_line` makes that
+line, and bounds it (``defaults.MAX_ERROR_LINE``), whatever the error says.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TextIO
 
 from taskfleet import __version__, authkey, defaults, health, log, profile
 from taskfleet.address import parse_hostport, parse_port
@@ -30,6 +31,37 @@ from taskfleet.protocol import JobState, JobView, OnError
 
 if TYPE_CHECKING:
     from taskfleet.client import Client, Job
+
+
+def error_line(error: BaseException | str) -> str:
+    """``taskfleet: error: <what> — <fix>`` on one line of at most ``MAX_ERROR_LINE``
+    characters: whitespace runs (newlines too) become one space, and a long *what* is
+    cut (…) so that the *what to do* stays whole."""
+    prefix = "taskfleet: error: "
+    what, fix = (error.what, error.fix) if isinstance(error, TaskfleetError) else (str(error), "")
+    what, fix = " ".join(str(what).split()), " ".join(str(fix).split())
+    most = defaults.MAX_ERROR_LINE - len(prefix)
+    if fix:
+        fix = fix if len(fix) <= most // 2 else fix[: most // 2 - 1] + "…"
+        room = most - len(fix) - 3  # " — "
+        what = what if len(what) <= room else what[: room - 1] + "…"
+        return f"{prefix}{what} — {fix}"
+    return prefix + (what if len(what) <= most else what[: most - 1] + "…")
+
+
+def _print_error(error: BaseException | str) -> None:
+    sys.stdout.flush()
+    print(error_line(error), file=sys.stderr)
+
+
+def _unlimited_int_text() -> None:
+    """Let this process read and print integers of any length (items files, results).
+
+    Python refuses to convert integers beyond 4,300 digits to and from text, a guard
+    for servers parsing untrusted input; a client printing its own cluster's results
+    needs none (items files still limit integers to ``defaults.MAX_INT_DIGITS``).
+    """
+    sys.set_int_max_str_digits(0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -248,7 +280,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         code = worker.run()
     except TaskfleetError as exc:
-        print(f"taskfleet: error: {exc}", file=sys.stderr)
+        _print_error(exc)
         code = exc.exit_code
     _hard_exit(code)
 
@@ -268,28 +300,91 @@ def _hard_exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _read_items(path: str) -> list[Any]:
+def _read_items(path: str) -> Iterator[Any]:
+    """The items of an items file, read line by line as they are sent (never the whole
+    file at once). The file is opened now, so a missing one fails before any connection.
+
+    One item per line: a JSON value, or else the line as a string (a bare word);
+    blank lines are skipped. Raises UsageError (the file, the line, the fix).
+    """
     try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        fh = open(path, "rb")  # closed by the generator below
+    except OSError as exc:
         raise UsageError(
-            f"cannot read items file {path}: {reason}",
+            f"cannot read items file {path}: {exc.strerror}",
             "give a readable text file with one item per line",
         ) from None
-    items: list[Any] = []
-    for line in lines:
-        text = line.strip()
-        if not text:
-            continue
-        try:
-            items.append(json.loads(text))
-        except ValueError:
-            items.append(text)  # a bare word is a string item
-    if not items:
+    return _parse_items(path, fh)
+
+
+# A block of lines that are all plain integers (JSON's form, up to 18 digits: no leading
+# zeros, no sign but "-"): converted in one C-level pass instead of line by line.
+_PLAIN_INTS = re.compile(rb"(?:-?(?:0|[1-9][0-9]{0,17})\n)*")
+_BLOCK = 1 << 16  # larger blocks are no faster, and fragment the heap (measured)
+
+
+def _parse_items(path: str, fh: BinaryIO) -> Iterator[Any]:
+    count = lineno = 0
+    with fh:
+        rest = b""
+        while True:
+            data = fh.read(_BLOCK)
+            block = rest + data
+            if data:  # whole lines only; the rest waits for the next block
+                cut = block.rfind(b"\n") + 1
+                block, rest = block[:cut], block[cut:]
+            elif block and not block.endswith(b"\n"):
+                block += b"\n"
+            if not block:
+                if not data:
+                    break
+                continue
+            lines = block.count(b"\n")
+            if _PLAIN_INTS.fullmatch(block):
+                items: list[Any] = list(map(int, block.split()))
+            else:
+                items = [
+                    _item(path, lineno + k, text)
+                    for k, text in enumerate(_lines(path, lineno, block), 1)
+                    if text
+                ]
+            lineno += lines
+            count += len(items)
+            yield from items
+            if not data:
+                break
+    if not count:
         raise UsageError(f"items file {path} holds no items", "put one item per line")
-    return items
+
+
+def _lines(path: str, before: int, block: bytes) -> Iterator[str]:
+    """The stripped text of each line of ``block`` (line ``before + 1`` first)."""
+    for k, raw in enumerate(block.split(b"\n")[:-1], before + 1):
+        try:
+            yield raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise UsageError(
+                f"cannot read items file {path}: line {k} is not UTF-8 text",
+                "give a text file with one item per line",
+            ) from None
+
+
+def _item(path: str, lineno: int, text: str) -> Any:
+    """One line's item. Integers take a fast path (no JSON parser), with JSON's rules:
+    no leading zeros (``007`` is the string "007"), at most MAX_INT_DIGITS digits."""
+    digits = text[1:] if text[0] == "-" else text
+    if digits.isdigit() and digits.isascii() and (digits[0] != "0" or len(digits) == 1):
+        if len(digits) > defaults.MAX_INT_DIGITS:
+            raise UsageError(
+                f"items file {path}, line {lineno}: an integer of {len(digits):,} digits;"
+                f" an items file may hold integers of at most {defaults.MAX_INT_DIGITS:,}",
+                "split such numbers, or submit them from Python (taskfleet.connect)",
+            )
+        return int(text)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # a bare word is a string item
 
 
 class _ProgressLine:
@@ -323,20 +418,31 @@ class _ProgressLine:
             self.shown = False
 
 
-def _wait(job: Job, timeout: float | None, progress: _ProgressLine) -> str:
-    """Wait until the job finishes, updating the progress line; return its state."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+def _wait(client: Client, job: Job, deadline: float | None, progress: _ProgressLine) -> str:
+    """Wait until the job finishes, updating the progress line; return its state.
+
+    Raises TimeoutError at ``deadline`` (a ``time.monotonic()`` value): the job is still
+    running, or the master did not answer in time.
+    """
     step = defaults.PROGRESS_INTERVAL if progress.enabled else defaults.MAX_FETCH_WAIT
     try:
         while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            try:
-                return job.wait(step if left is None else max(0.0, min(step, left)))
-            except TimeoutError:
-                if left is not None and left <= step:
-                    raise
-            done, total, _ = job.progress()
-            progress.update(done, total)
+            wait = step
+            if deadline is not None:
+                wait = max(0.0, min(step, deadline - time.monotonic()))
+            view = client.board.wait(
+                job.id,
+                wait,
+                timeout=client.call_timeout + wait,
+                deadline=None if deadline is None else deadline + defaults.DEADLINE_GRACE,
+            )
+            if JobState(view["state"]).finished:
+                return view["state"]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"still {view['state']}, {view['items_done']}/{view['items_total']} items done"
+                )
+            progress.update(view["items_done"], view["items_total"])
     finally:
         progress.end()
 
@@ -372,6 +478,10 @@ def _print_results(
                     line["errors"] = [_error_json(e) for e in errs]
                 out.write(json.dumps(line) + "\n")
                 count += len(chunk.results) - chunk.failed
+            elif not chunk.failed:  # one write per chunk: millions of lines stay cheap
+                lines = [f"{i}\t{r}\n" for i, r in zip(chunk.items, chunk.results, strict=True)]
+                out.write("".join(lines))
+                count += len(chunk.results)
             else:
                 for item, result in zip(chunk.items, chunk.results, strict=False):
                     if isinstance(result, ItemError):
@@ -427,25 +537,34 @@ def _finish(
     return 0
 
 
-def _not_finished(job: Job, exc: TimeoutError) -> TaskfleetError:
+def _not_finished(job: Job, timeout: float, exc: TimeoutError) -> TaskfleetError:
     return TaskfleetError(
-        f"job {job.id} not finished: {exc}",
+        f"job {job.id} not finished within --timeout {timeout:g}s ({exc})",
         f"it keeps running on the master; follow it with taskfleet job {job.id}",
     )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    _unlimited_int_text()
     items: Any = _read_items(args.items_file) if args.items_file else range(args.range)
     client = _client(args)
     t0 = time.monotonic()
-    job = client.submit(
-        args.job,
-        items,
-        chunk_size=args.chunk_size,
-        retries=args.retries,
-        on_error=args.on_error,
-        item_timeout=args.item_timeout,
-    )
+    deadline = None if args.timeout is None else t0 + args.timeout
+    try:
+        job = client.submit(
+            args.job,
+            items,
+            chunk_size=args.chunk_size,
+            retries=args.retries,
+            on_error=args.on_error,
+            item_timeout=args.item_timeout,
+            timeout=args.timeout,
+        )
+    except TimeoutError as exc:
+        raise TaskfleetError(
+            f"the job was not submitted within --timeout {args.timeout:g}s ({exc})",
+            "check the master (taskfleet status), then submit again",
+        ) from None
     spec = job.spec
     if args.no_wait:
         if args.json:
@@ -464,22 +583,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
     count = failed = 0
     try:
         if args.partial:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                count, failed = _print_results(job, args.json, sys.stdout, args.timeout, progress)
+                count, failed = _print_results(job, args.json, sys.stdout, left, progress)
             except (JobFailed, JobCancelled):
                 pass  # the summary and the error line follow
         else:
             # Nothing is printed of a job that then fails: wait, then read the results.
-            state = _wait(job, args.timeout, progress)
+            state = _wait(client, job, deadline, progress)
             if state == JobState.DONE:
                 quiet = _ProgressLine(job.id, sys.stderr, enabled=False)
                 count, failed = _print_results(job, args.json, sys.stdout, None, quiet)
     except TimeoutError as exc:
-        raise _not_finished(job, exc) from None
+        raise _not_finished(job, args.timeout, exc) from None
     return _finish(job, args, t0, count, failed, job.info())
 
 
 def cmd_results(args: argparse.Namespace) -> int:
+    _unlimited_int_text()
     client = _client(args)
     t0 = time.monotonic()
     job = client.job(args.job_id)
@@ -491,7 +612,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     except (JobFailed, JobCancelled):
         pass
     except TimeoutError as exc:
-        raise _not_finished(job, exc) from None
+        raise _not_finished(job, args.timeout, exc) from None
     return _finish(job, args, t0, count, failed, job.info())
 
 
@@ -592,10 +713,11 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         for host, items in report.hosts.items():
             print(f"  {host}: {items} items")
     if not report.ok:
-        print(
-            f"taskfleet: error: smoke failed: {'; '.join(report.errors)} — check taskfleet status"
-            " and the workers' logs",
-            file=sys.stderr,
+        _print_error(
+            TaskfleetError(
+                f"smoke failed: {'; '.join(report.errors)}",
+                "check taskfleet status and the workers' logs",
+            )
         )
         return 1
     return 0
@@ -663,6 +785,75 @@ def cmd_status(args: argparse.Namespace) -> int:
         for problem in doc["problems"]:
             print(f"  problem: {problem}")
     return code
+
+
+def cmd_journal_check(args: argparse.Namespace) -> int:
+    from taskfleet import recovery
+
+    report = recovery.inspect(args.path)
+    if args.json:
+        _emit(report.as_json())
+        return 0 if report.intact else 1
+    kinds = {
+        "journal": "a taskfleet journal",
+        "foreign": "an SQLite database, not a taskfleet journal",
+        "unreadable": "an SQLite file that SQLite cannot read",
+        "not-sqlite": "not an SQLite database",
+        "empty": "an empty file",
+    }
+    state = "intact" if report.intact else "DAMAGED" if report.kind == "journal" else "unusable"
+    wal = f" (and {report.wal_bytes:,} in its -wal file)" if report.wal_bytes else ""
+    print(f"{report.path}: {kinds[report.kind]}, {report.bytes:,} bytes{wal} — {state}")
+    if report.held_by is not None:
+        print(f"  in use by a master ({report.held_by})")
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    for table, rows in report.tables.items():
+        print(f"  {table:<12} {rows.readable:>10,} rows readable, {rows.unreadable:,} not")
+    for j in report.jobs:
+        items = "?" if j.items is None else f"{j.items:,}"
+        chunks = "?" if j.chunks is None else f"{j.chunks:,}"
+        stored = f", stored items of {j.stored_chunks:,}" if j.stored_chunks else ""
+        print(
+            f"  job {j.id} {j.job} {j.state}: {items} items in {chunks} chunks;"
+            f" results of {j.results:,}{stored}"
+        )
+    if not report.intact:
+        if report.recoverable:
+            print(
+                f"what to do: taskfleet journal export {args.path} > recovered.jsonl writes"
+                " what can be read; then start the master on a new journal"
+            )
+        else:
+            print("what to do: nothing here can be recovered; start the master on a new journal")
+    return 0 if report.intact else 1
+
+
+def cmd_journal_export(args: argparse.Namespace) -> int:
+    from taskfleet import recovery
+
+    _unlimited_int_text()
+    if args.output:
+        try:
+            out: TextIO = open(args.output, "x", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create {args.output}: {exc.strerror}",
+                "give a new file in a writable directory (an existing one is never replaced)",
+            ) from None
+    else:
+        out = sys.stdout
+    try:
+        report = recovery.export(args.path, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    counts = ", ".join(f"{t} {r.readable:,}" for t, r in report.tables.items())
+    lost = sum(r.unreadable for r in report.tables.values())
+    note = f"; {lost:,} rows could not be read" if lost else ""
+    state = "intact" if report.intact else "damaged"
+    print(f"exported from {args.path} ({state}): {counts}{note}", file=sys.stderr)
+    return 0
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -897,6 +1088,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("journal", help="what can be recovered from a journal file (read-only)")
+    jr = p.add_subparsers(dest="what", metavar="check|export", parser_class=_Parser)
+    jr.required = True
+    jc = jr.add_parser("check", help="what the file is, and what of it can be read")
+    jc.add_argument("path", metavar="PATH")
+    jc.add_argument("--json", action="store_true", help="one JSON object")
+    jc.set_defaults(func=cmd_journal_check)
+    je = jr.add_parser("export", help="everything readable as JSON lines (jobs, items, results)")
+    je.add_argument("path", metavar="PATH")
+    je.add_argument("--output", metavar="FILE", help="write to a new FILE (default: stdout)")
+    je.set_defaults(func=cmd_journal_export)
+
     p = sub.add_parser("healthcheck", help="exit 0 when the master answers / the worker heartbeats")
     hc = p.add_subparsers(dest="what", metavar="master|worker", parser_class=_Parser)
     hc.required = True
@@ -926,8 +1129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         code = int(args.func(args))
     except TaskfleetError as exc:
-        sys.stdout.flush()
-        print(f"taskfleet: error: {exc}", file=sys.stderr)
+        _print_error(exc)
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130

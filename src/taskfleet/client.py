@@ -21,6 +21,12 @@ declares (the master says which in its submit and job replies): a worker that
 holds the key but is compromised cannot run code on this machine through a
 result (:mod:`taskfleet.safepickle`). Items must be plain data for the same
 reason on the other end.
+
+Item lists are sent the same way, in bounded pieces: :meth:`Client.submit`
+reads the items batch by batch (``defaults.UPLOAD_BATCH_ITEMS``, whole
+chunks) and uploads them (``open``/``append``/``seal``), so a generator over a
+file larger than memory can be submitted; an item list job's items come back
+from the master with their results, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -57,21 +63,27 @@ from taskfleet.protocol import (
     JobOptions,
     JobState,
     JobView,
+    Method,
     OnError,
     PingReply,
     ResultRow,
     Role,
     StatusView,
+    SubmitReply,
 )
 from taskfleet.tls import TLSConfig
 
-SUBMIT_ITEMS_TIMEOUT = 120.0
-"""A submit of many items is one message the master validates and journals whole."""
+UPLOAD_CALL_TIMEOUT = 120.0
+"""Seconds one batch of an upload may take: the master validates, pickles and journals it."""
+
+UPLOAD_ABORT_TIMEOUT = 3.0
+"""Seconds a client spends telling the master to drop an upload that failed on its side."""
 
 
 @dataclass
 class ChunkResult:
-    """One chunk of a job's results, with its items and who computed them."""
+    """One chunk of a job's results, with its items and who computed them (an item-list
+    job's items come from the master with the results)."""
 
     index: int
     worker: str
@@ -105,6 +117,37 @@ def _options(retries: int, on_error: str, item_timeout: float | None) -> JobOpti
         on_error=on_error,
         item_timeout=None if item_timeout is None else float(item_timeout),
     )
+
+
+def _grace(deadline: float | None) -> float | None:
+    """A caller's deadline as a call's: a long-poll that ends at the deadline still gets
+    its answer (``defaults.DEADLINE_GRACE``)."""
+    return None if deadline is None else deadline + defaults.DEADLINE_GRACE
+
+
+def _batches(items: Iterator[Any], size: int, per_batch: int) -> Iterator[tuple[list[Any], bool]]:
+    """Batches of whole chunks of ``size`` items, at most ``per_batch`` items each, and
+    whether each is the last (the only one whose last chunk may be short). A batch is
+    sent early, at a chunk boundary, once ``defaults.UPLOAD_FLUSH`` seconds went by, so
+    a slow source keeps its upload alive. Only a first and last batch can be empty."""
+    ahead: list[Any] = []  # one item read to learn whether a full batch is the last
+    while True:
+        batch = ahead
+        started = time.monotonic()
+        while len(batch) < per_batch:
+            want = size - len(batch) % size  # what completes the current chunk
+            got = list(itertools.islice(items, want))
+            batch.extend(got)
+            if len(got) < want:
+                yield batch, True
+                return
+            if time.monotonic() - started > defaults.UPLOAD_FLUSH:
+                break
+        ahead = list(itertools.islice(items, 1))
+        if not ahead:
+            yield batch, True
+            return
+        yield batch, False
 
 
 def _item_error(view: ErrorView) -> ItemError:
@@ -175,10 +218,15 @@ class Client:
     def call_timeout(self) -> float:
         return self._session.timeout
 
-    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """One call through the session; once connected, a lost master is waited for longer."""
+    def call(
+        self, method: str, *args: Any, timeout: float | None = None, deadline: float | None = None
+    ) -> Any:
+        """One call through the session; once connected, a lost master is waited for longer.
+
+        ``deadline`` (a ``time.monotonic()`` value) bounds the call, reconnects included
+        (TimeoutError past it)."""
         with self._lock:
-            result = self._session.call(method, *args, timeout=timeout)
+            result = self._session.call(method, *args, timeout=timeout, deadline=deadline)
             self._session.give_up = self._reconnect_for
             return result
 
@@ -215,12 +263,15 @@ class Client:
             allowed = self._result_types[job_id]
         return allowed
 
-    def ping(self) -> PingReply:
-        return self.board.ping()
+    def ping(self, deadline: float | None = None) -> PingReply:
+        """The master's address and version (``deadline``: a ``time.monotonic()`` value
+        by which it must answer, else TimeoutError)."""
+        return self.board.ping(deadline=deadline)
 
-    def status(self) -> StatusView:
-        """The master's view: workers, running and recent jobs (``taskfleet status --json``)."""
-        return self.board.status()
+    def status(self, deadline: float | None = None) -> StatusView:
+        """The master's view: workers, running and recent jobs (``taskfleet status --json``);
+        ``deadline`` as for :meth:`ping`."""
+        return self.board.status(deadline=deadline)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -233,62 +284,113 @@ class Client:
         retries: int = defaults.RETRIES,
         on_error: str = defaults.ON_ERROR,
         item_timeout: float | None = None,
+        timeout: float | None = None,
     ) -> Job:
-        """Submit ``job`` over ``items`` and return its :class:`Job` at once.
+        """Submit ``job`` over ``items`` and return its :class:`Job` once the master has
+        journaled it.
 
         ``job`` names a function (``squares``, ``package.module:function`` or a
         ``taskfleet.jobs`` entry point); ``items`` is a ``range`` (sent as a
-        range, never expanded) or any iterable (sent as a list). A failed
-        chunk runs again up to ``retries`` times, then ``on_error`` decides:
-        ``"fail"`` fails the job, ``"skip"`` keeps going and puts an
+        range, never expanded) or any iterable, read and sent in batches of whole
+        chunks, so it may be longer than memory (a generator over a file). A
+        failed chunk runs again up to ``retries`` times, then ``on_error``
+        decides: ``"fail"`` fails the job, ``"skip"`` keeps going and puts an
         :class:`~taskfleet.errors.ItemError` in each failed item's place.
-        ``item_timeout`` (seconds) cuts an item that runs longer.
+        ``item_timeout`` (seconds) cuts an item that runs longer. ``timeout``
+        (seconds) bounds the whole submission (TimeoutError).
 
-        Raises UnknownJob or BadJobArguments (refused by the master; nothing
-        was created), MasterUnreachable.
+        Raises UnknownJob or BadJobArguments (refused by the master, naming the
+        item or the limit; nothing was created), MasterUnreachable, TimeoutError.
         """
         size = defaults.CHUNK_SIZE if chunk_size is None else chunk_size
         opts = _options(retries, on_error, item_timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         # The id is made here, so a retried submit after a lost reply cannot create
         # the job twice.
         job_id = secrets.token_hex(6)
+        base = JobSpec(
+            job_id,
+            job,
+            size,
+            created=time.time(),
+            retries=opts["retries"],
+            on_error=opts["on_error"],
+            item_timeout=opts["item_timeout"],
+        )
         if isinstance(items, range):
             reply = self.board.submit(
-                job_id, job, size, items.start, items.stop, None, items.step, opts
-            )
-            spec = JobSpec(
                 job_id,
                 job,
                 size,
                 items.start,
                 items.stop,
                 None,
-                time.time(),
                 items.step,
-                opts["retries"],
-                opts["on_error"],
-                opts["item_timeout"],
-                reply.get("code_version", ""),
+                opts,
+                deadline=deadline,
+            )
+            spec = dataclasses.replace(
+                base,
+                start=items.start,
+                stop=items.stop,
+                step=items.step,
+                code_version=reply.get("code_version", ""),
             )
         else:
-            listed = list(items)
-            _check_plain(listed)
-            reply = self.board.submit(
-                job_id, job, size, 0, 0, listed, 1, opts, timeout=SUBMIT_ITEMS_TIMEOUT
-            )
-            spec = JobSpec(
-                job_id,
-                job,
-                size,
-                items=listed,
-                created=time.time(),
-                retries=opts["retries"],
-                on_error=opts["on_error"],
-                item_timeout=opts["item_timeout"],
-                code_version=reply.get("code_version", ""),
+            reply = self._send_items(job_id, job, size, opts, items, deadline)
+            spec = dataclasses.replace(
+                base, listed=reply["n_items"], code_version=reply.get("code_version", "")
             )
         self.note_result_types(job_id, reply.get("result_types", []))
         return Job(self, job_id, spec=spec)
+
+    def _send_items(
+        self,
+        job_id: str,
+        job: str,
+        size: int,
+        opts: JobOptions,
+        items: Iterable[Any],
+        deadline: float | None,
+    ) -> SubmitReply:
+        """Send an item list: in one ``submit`` when it fits one batch, else as an upload
+        (open, append batch after batch, seal). Holds one batch at a time; returns the
+        master's reply (the number of items, the code version)."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise BadJobArguments(f"bad chunk size {size!r}", "use a whole number >= 1")
+        per_batch = size * max(1, defaults.UPLOAD_BATCH_ITEMS // size)
+        batches = _batches(iter(items), size, per_batch)
+        first, last = next(batches)
+        _check_plain(first)
+        if last:  # everything fits one call
+            if not first:
+                raise BadJobArguments("no items to process", "give at least one item")
+            timeout = UPLOAD_CALL_TIMEOUT
+            return self.board.submit(
+                job_id, job, size, 0, 0, first, 1, opts, timeout=timeout, deadline=deadline
+            )
+        self.board.open(job_id, job, size, opts, deadline=deadline)
+        sent = 0
+        try:
+            for seq, (batch, _) in enumerate(itertools.chain([(first, last)], batches)):
+                if seq:
+                    _check_plain(batch)
+                self.board.append(
+                    job_id, seq, batch, timeout=UPLOAD_CALL_TIMEOUT, deadline=deadline
+                )
+                sent += len(batch)
+            return self.board.seal(job_id, sent, deadline=deadline)
+        except BaseException:
+            self._abort_upload(job_id)
+            raise
+
+    def _abort_upload(self, job_id: str) -> None:
+        """Best effort, after an upload failed here (a bad line in the items file, Ctrl-C,
+        a timeout): ask the master to drop it now rather than after its idle timeout.
+        On a fresh connection: the old one may be in the middle of a call."""
+        self.close()
+        with contextlib.suppress(Exception):
+            self.call(Method.CANCEL.value, job_id, deadline=time.monotonic() + UPLOAD_ABORT_TIMEOUT)
 
     def map(
         self,
@@ -304,12 +406,14 @@ class Client:
     ) -> Iterator[Any]:
         """Run ``job`` over ``items`` on the cluster; iterate over the results.
 
-        Submits at once (the arguments of :meth:`submit`) and returns an
-        iterator: results in input order (``ordered=False``: as chunks
-        complete), one reply of the master in memory at a time. Leaving the
-        loop early (``break``, an exception) cancels the job. Raises JobFailed
-        when the job fails, JobCancelled, TimeoutError after ``timeout`` seconds.
+        Submits at once (the arguments of :meth:`submit`; items are sent in
+        batches) and returns an iterator: results in input order
+        (``ordered=False``: as chunks complete), one reply of the master in
+        memory at a time. Leaving the loop early (``break``, an exception)
+        cancels the job. Raises JobFailed when the job fails, JobCancelled,
+        TimeoutError after ``timeout`` seconds (the submission included).
         """
+        started = time.monotonic()
         handle = self.submit(
             job,
             items,
@@ -317,15 +421,17 @@ class Client:
             retries=retries,
             on_error=on_error,
             item_timeout=item_timeout,
+            timeout=timeout,
         )
-        return handle._iterate(ordered, timeout, cancel_on_exit=True)
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return handle._iterate(ordered, left, cancel_on_exit=True)
 
-    def job(self, job_id: str) -> Job:
+    def job(self, job_id: str, *, deadline: float | None = None) -> Job:
         """The job ``job_id`` (from any process, while the master keeps it).
 
         Raises JobNotFound when the master has no such job (or pruned it).
         """
-        spec, view = self.board.job(job_id)
+        spec, view = self.board.job(job_id, deadline=deadline)
         self.note_result_types(job_id, spec.get("result_types", []))
         return Job(self, job_id, spec=JobSpec.from_wire(spec), view=view)
 
@@ -401,14 +507,20 @@ class Job:
     def wait(self, timeout: float | None = None) -> str:
         """Block until the job has finished; return its final state.
 
-        Raises TimeoutError when it is still running after ``timeout`` seconds.
+        Raises TimeoutError when it is still running after ``timeout`` seconds (or the
+        master did not answer within them).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = defaults.MAX_FETCH_WAIT
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
-            view = self._client.board.wait(self.id, wait, timeout=self._client.call_timeout + wait)
+            view = self._client.board.wait(
+                self.id,
+                wait,
+                timeout=self._client.call_timeout + wait,
+                deadline=_grace(deadline),
+            )
             self._view = view
             if JobState(view["state"]).finished:
                 return view["state"]
@@ -451,6 +563,7 @@ class Job:
     def _iterate(
         self, ordered: bool, timeout: float | None, *, cancel_on_exit: bool
     ) -> Iterator[Any]:
+        """The results alone (an item-list job's items do not travel)."""
         # Items flow through C (chain over each chunk's list); Python runs once per chunk.
         return itertools.chain.from_iterable(
             self._result_lists(ordered, timeout, cancel_on_exit=cancel_on_exit)
@@ -461,7 +574,7 @@ class Job:
     ) -> Iterator[list[Any]]:
         finished = False
         try:
-            for chunk in self.chunks(ordered=ordered, timeout=timeout):
+            for chunk in self._chunks(ordered, timeout, with_items=False):
                 yield chunk.results
             finished = True
         finally:
@@ -476,9 +589,16 @@ class Job:
     ) -> Iterator[ChunkResult]:
         """The results chunk by chunk, with their items and the worker and host that
         computed them; in input order, or (``ordered=False``) as they complete."""
+        return self._chunks(ordered, timeout, with_items=True)
+
+    def _chunks(
+        self, ordered: bool, timeout: float | None, *, with_items: bool
+    ) -> Iterator[ChunkResult]:
+        """``chunks``; ``with_items=False`` leaves an item-list job's items out
+        (``ChunkResult.items`` is then empty): results alone travel."""
         if ordered:
-            return self._ordered_chunks(timeout)
-        return self._completed_chunks(timeout)
+            return self._ordered_chunks(timeout, with_items)
+        return self._completed_chunks(timeout, with_items)
 
     # -- streams ----------------------------------------------------------------------------
 
@@ -493,6 +613,11 @@ class Job:
 
     def _decode(self, row: ResultRow) -> ChunkResult:
         spec = self.spec
+        items: Sequence[Any] = ()
+        if spec.listed is None:
+            items = spec.chunk_range(row.chunk)
+        elif row.items is not None:
+            items = safepickle.loads(row.items, safepickle.PLAIN)  # plain data, like every item
         try:
             results = decode_results(row.blob, self._client.result_allowlist(self.id))
         except safepickle.UnsafePickle as exc:
@@ -518,9 +643,7 @@ class Job:
                 else r
                 for r in results
             ]
-        return ChunkResult(
-            row.chunk, row.worker, row.host, spec.chunk_items(row.chunk), results, row.failed
-        )
+        return ChunkResult(row.chunk, row.worker, row.host, items, results, row.failed)
 
     def _ended(self, view: JobView) -> None:
         """Raise when the job failed or was cancelled: the rest will never come."""
@@ -549,7 +672,7 @@ class Job:
             error,
         )
 
-    def _ordered_chunks(self, timeout: float | None) -> Iterator[ChunkResult]:
+    def _ordered_chunks(self, timeout: float | None, with_items: bool) -> Iterator[ChunkResult]:
         spec = self.spec
         deadline = None if timeout is None else time.monotonic() + timeout
         board = self._client.board
@@ -561,7 +684,9 @@ class Job:
                 following,
                 defaults.FETCH_MAX_ITEMS,
                 wait,
+                with_items,
                 timeout=self._client.call_timeout + wait,
+                deadline=_grace(deadline),
             )
             for row in rows:
                 if row.chunk != following:  # the master returns a gap-free run
@@ -571,7 +696,7 @@ class Job:
             if not rows:
                 self._ended(view)
 
-    def _completed_chunks(self, timeout: float | None) -> Iterator[ChunkResult]:
+    def _completed_chunks(self, timeout: float | None, with_items: bool) -> Iterator[ChunkResult]:
         spec = self.spec
         deadline = None if timeout is None else time.monotonic() + timeout
         board = self._client.board
@@ -585,7 +710,9 @@ class Job:
                 after,
                 defaults.FETCH_MAX_ITEMS,
                 wait,
+                with_items,
                 timeout=self._client.call_timeout + wait,
+                deadline=_grace(deadline),
             )
             for row in rows:
                 after = max(after, row.seq)

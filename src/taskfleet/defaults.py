@@ -30,6 +30,34 @@ CHUNK_SIZE: Final = 1000
 MAX_CHUNK_SIZE: Final = 10_000_000
 """Largest chunk the master accepts: one chunk's items and results travel in one message."""
 
+MAX_JOB_CHUNKS: Final = 10_000_000
+"""Most chunks one job may have. The master holds one bit per chunk of every job it knows
+(1.25 MB at this limit) and a client reading results in completion order one byte per
+chunk; a larger job is refused at submit (with the chunk size that would fit)."""
+
+MAX_CHUNK_BYTES: Final = 64 * 1024 * 1024
+"""Largest a chunk's items may be, pickled: the journal stores them as one value per
+chunk and a worker receives them in one message (SQLite's own limit is 1 GB)."""
+
+MAX_RANGE_BOUND: Final = 2**63 - 1
+"""A range job's start, stop and step are journaled as SQLite integers (64-bit)."""
+
+MAX_INT_DIGITS: Final = 100_000
+"""Longest integer an items file may hold, in digits: reading a decimal integer takes
+time quadratic in its length (Python limits it to 4,300 digits by default)."""
+
+UPLOAD_BATCH_ITEMS: Final = 50_000
+"""Items a client sends per call while it uploads a job's items (whole chunks; at least
+one chunk): what the client and the master hold of an upload at a time."""
+
+UPLOAD_FLUSH: Final = 30.0
+"""Seconds a client collects items before it sends what it has (whole chunks), so a slow
+item source still shows the master that its upload is alive."""
+
+UPLOAD_IDLE_TIMEOUT: Final = 3600.0
+"""Seconds the master keeps an upload (a job whose items are still arriving) after its
+client sent the last batch; then the job is dropped (its client is gone)."""
+
 # -- failures -------------------------------------------------------------------------
 
 RETRIES: Final = 2
@@ -155,7 +183,12 @@ CLIENT_CALL_TIMEOUT: Final = 30.0
 """Seconds a client waits for one answer (a submit of many items takes longer: see client)."""
 
 CONNECT_TIMEOUT: Final = 10.0
-"""``--connect-timeout``: a client gives up when the master does not answer this long."""
+"""``--connect-timeout``: a client gives up when the master does not answer this long
+(connecting, the handshake and the first call together)."""
+
+DEADLINE_GRACE: Final = 0.5
+"""Seconds a call may run past a caller's deadline (``--timeout``): a long-poll that ends
+at the deadline still gets its answer, and the timeout is honoured within a second."""
 
 HEALTHCHECK_CONNECT_TIMEOUT: Final = 5.0
 """``healthcheck master --connect-timeout``: below Docker's health-check timeout."""
@@ -231,3 +264,11 @@ HISTORY_SECONDS: Final = 900.0
 
 RATE_WINDOW: Final = 5.0
 """Seconds over which items/s of a worker or a job are averaged."""
+# -- error lines ---------------------------------------------------------------------------
+
+MAX_ERROR_LINE: Final = 300
+"""Longest error line the command line prints (``taskfleet: error: …`` included): the
+*what* is shortened, the *what to do* kept."""
+
+ERROR_VALUE_CHARS: Final = 60
+"""Longest repr of a value quoted in a one-line error (an item refused at submit)."""

@@ -53,6 +53,14 @@ class JournalError(TaskfleetError):
     """The journal file cannot be opened or written."""
 
 
+class JournalInUse(JournalError):
+    """Another master holds the journal (its lock file is locked)."""
+
+
+class JournalDamaged(JournalError):
+    """The journal file is corrupt, or is not a taskfleet journal at all."""
+
+
 class UnknownJob(TaskfleetError):
     """A job name that is neither built in, ``module:function`` nor an entry point."""
 

@@ -1,12 +1,27 @@
 """The journal: SQLite in WAL mode, written before anything is acknowledged.
 
-Tables: ``jobs`` (the submission, items pickled for item-list jobs, options,
-state, counters), ``done`` (one row per accepted chunk: who ran it, its
-pickled results and how many of its items failed) and ``errors`` (item
-failures with their tracebacks, at most ``defaults.MAX_JOB_ERRORS`` per job).
-``done.seq`` orders results by completion: a client resumes a result stream
-from the last ``seq`` it saw, across master restarts; ``UNIQUE(job_id, chunk)``
-serves the ordered stream (by chunk index).
+Tables: ``jobs`` (the submission, options, state, counters; ``listed`` is the
+number of items of an item-list job), ``chunk_items`` (an item-list job's
+items, one pickled list per chunk: no value grows with the job, and the
+master loads one chunk when it leases it), ``done`` (one row per accepted
+chunk: who ran it, its pickled results and how many of its items failed) and
+``errors`` (item failures with their tracebacks, at most
+``defaults.MAX_JOB_ERRORS`` per job). ``done.seq`` orders results by
+completion: a client resumes a result stream from the last ``seq`` it saw,
+across master restarts; ``UNIQUE(job_id, chunk)`` serves the ordered stream
+(by chunk index).
+
+Uploads: a job whose items are still arriving has ``state = 'open'`` (a value
+only the journal uses) and ``upload_seq``, the next batch it expects; its
+chunks are written batch by batch with that counter, in one transaction each.
+
+Older journals open as they are: missing columns and tables are added, and
+the items an older master kept in ``jobs.items`` (one pickled list per job)
+are moved into ``chunk_items`` when the job is loaded. A job that cannot be
+loaded (unreadable items, impossible values) is reported with the reason
+(:attr:`JournaledJob.problem`) instead of stopping the master. A file that is
+not a taskfleet journal, or is damaged, is refused (``JournalDamaged``)
+before anything is written to it.
 
 Retention: :meth:`Journal.delete_job_step` deletes a job's rows a batch at a
 time (the write lock is never held for long), and new journals use
@@ -23,8 +38,8 @@ journal off the critical path.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import pickle
 import sqlite3
 import threading
 import time
@@ -32,10 +47,11 @@ from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from taskfleet import defaults
+from taskfleet import defaults, safepickle
 from taskfleet.board import JobSpec
-from taskfleet.errors import JournalError
-from taskfleet.protocol import ErrorView, JobState, ResultRow
+from taskfleet.errors import JournalDamaged, JournalError
+from taskfleet.jobs import pickle_items
+from taskfleet.protocol import ErrorView, JobState, OnError, ResultRow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -77,7 +93,22 @@ CREATE TABLE IF NOT EXISTS errors (
     time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS errors_by_job ON errors (job_id, id);
+CREATE TABLE IF NOT EXISTS chunk_items (
+    job_id TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    items BLOB NOT NULL,
+    PRIMARY KEY (job_id, chunk)
+);
 """
+
+OPEN = "open"
+"""``jobs.state`` of a job whose items are still being uploaded (never shown as a job)."""
+
+# What makes a file a taskfleet journal (any version): these tables with these columns.
+_JOURNAL_COLUMNS = {
+    "jobs": {"id", "job", "chunk_size", "start", "stop", "created", "state"},
+    "done": {"seq", "job_id", "chunk", "worker", "host", "results"},
+}
 
 # Columns added after the first release: (table, column, declaration). A journal
 # written by an older master gets them at open, with these defaults.
@@ -90,7 +121,20 @@ _ADDED_COLUMNS = (
     ("jobs", "finished", "REAL"),
     ("jobs", "code_version", "TEXT NOT NULL DEFAULT ''"),
     ("done", "failed", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "listed", "INTEGER"),
+    ("jobs", "upload_seq", "INTEGER NOT NULL DEFAULT 0"),
 )
+
+
+def _check_ours(conn: sqlite3.Connection, path: str, tables: set[str]) -> None:
+    """Raise JournalDamaged unless the database has a taskfleet journal's tables."""
+    for table, columns in _JOURNAL_COLUMNS.items():
+        have = set()
+        if table in tables:
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if not columns <= have:
+            names = ", ".join(sorted(tables)[:5]) + (", …" if len(tables) > 5 else "")
+            raise damaged(path, f"an SQLite database with the tables {names}", foreign=True)
 
 
 class DoneRow(NamedTuple):
@@ -104,7 +148,12 @@ class DoneRow(NamedTuple):
 
 
 class JournaledJob(NamedTuple):
-    """One job as read back at start: what was submitted and how far it got."""
+    """One job as read back at start: what was submitted and how far it got.
+
+    ``upload_seq`` is set for an upload that was not sealed (its items are still
+    arriving: the next batch expected); ``problem`` says why the job cannot be
+    loaded (it is then to be marked failed, and ``spec`` may be a stand-in).
+    """
 
     spec: JobSpec
     state: JobState
@@ -112,6 +161,23 @@ class JournaledJob(NamedTuple):
     duplicates: int
     items_failed: int = 0
     finished: float | None = None
+    upload_seq: int | None = None
+    problem: str | None = None
+
+
+def damaged(path: str, reason: str, *, foreign: bool = False) -> JournalDamaged:
+    """The one-line refusal of a journal file that is damaged or not a journal at all."""
+    what = "is not a taskfleet journal" if foreign else "is damaged"
+    return JournalDamaged(
+        f"journal {path} {what} ({reason})",
+        "move it and its -wal/-shm files aside, then start again;"
+        " taskfleet journal check FILE tells what is recoverable",
+    )
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """SQLite's "corrupt" and "not a database" (not: locked, unwritable, disk full)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
 
 class ErrorRow(NamedTuple):
@@ -132,7 +198,11 @@ class ErrorRow(NamedTuple):
 
 
 class Journal:
-    """Thread-safe journal: one writer connection and one reader connection."""
+    """Thread-safe journal: one writer connection and one reader connection.
+
+    Raises JournalDamaged for a file that is damaged or not a taskfleet journal
+    (nothing is written to it), JournalError when it cannot be opened.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -149,6 +219,10 @@ class Journal:
             )
             self._r = self._connect(path)
         except sqlite3.Error as exc:
+            if is_damage(exc):
+                # "file is not a database": not SQLite at all (or its header is gone)
+                foreign = "not a database" in str(exc)
+                raise damaged(path, str(exc), foreign=foreign) from None
             raise JournalError(
                 f"cannot open journal {path}: {exc}",
                 "give a --journal path in a writable directory"
@@ -163,12 +237,23 @@ class Journal:
         if not os.path.isdir(directory):
             raise sqlite3.OperationalError(f"directory {directory} does not exist")
         conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
-        if not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            # A new file (this must precede WAL mode and the first table): space freed
-            # by pruning can go back to the file system a little at a time.
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            tables = {
+                name
+                for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if not tables:
+                # A new file (this must precede WAL mode and the first table): space freed
+                # by pruning can go back to the file system a little at a time.
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            else:
+                # Someone else's database: refuse before WAL mode or a table changes it.
+                _check_ours(conn, path, tables)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def close(self) -> None:
@@ -178,31 +263,72 @@ class Journal:
 
     # -- writes ------------------------------------------------------------
 
-    def add_job(self, spec: JobSpec) -> None:
-        items = (
-            None
-            if spec.items is None
-            else pickle.dumps(list(spec.items), protocol=pickle.HIGHEST_PROTOCOL)
+    def add_job(self, spec: JobSpec, chunks: Sequence[bytes] = ()) -> None:
+        """Journal a job that can run: a range job, or an item-list job with all its
+        ``chunks`` (pickled item lists, chunk 0 first), in one transaction."""
+        with self._wlock, self._w:
+            self._insert_job(spec, JobState.RUNNING.value)
+            self._insert_chunks(spec.id, 0, chunks)
+
+    def _insert_job(self, spec: JobSpec, state: str) -> None:
+        self._w.execute(
+            "INSERT INTO jobs (id, job, chunk_size, start, stop, created, step, retries,"
+            " on_error, item_timeout, listed, state, code_version)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                spec.id,
+                spec.job,
+                spec.chunk_size,
+                spec.start,
+                spec.stop,
+                spec.created,
+                spec.step,
+                spec.retries,
+                spec.on_error,
+                spec.item_timeout,
+                spec.listed,
+                state,
+                spec.code_version,
+            ),
         )
+
+    def _insert_chunks(self, job_id: str, first: int, chunks: Sequence[bytes]) -> None:
+        self._w.executemany(
+            "INSERT INTO chunk_items (job_id, chunk, items) VALUES (?,?,?)",
+            [(job_id, first + k, blob) for k, blob in enumerate(chunks)],
+        )
+
+    def open_upload(self, spec: JobSpec) -> None:
+        """Journal a job whose items will arrive in batches (``spec.listed`` = 0)."""
+        with self._wlock, self._w:
+            self._insert_job(spec, OPEN)
+
+    def append_upload(
+        self, job_id: str, seq: int, first_chunk: int, chunks: Sequence[bytes], listed: int
+    ) -> None:
+        """Write batch ``seq`` of an upload: its chunks from ``first_chunk`` on, and the
+        items received so far (``listed``), in one transaction.
+
+        Raises JournalError when the upload is not at batch ``seq`` (nothing written).
+        """
+        with self._wlock, self._w:
+            cur = self._w.execute(
+                "UPDATE jobs SET upload_seq = ?, listed = ?"
+                " WHERE id = ? AND state = ? AND upload_seq = ?",
+                (seq + 1, listed, job_id, OPEN, seq),
+            )
+            if cur.rowcount != 1:
+                raise JournalError(
+                    f"upload of job {job_id} is not at batch {seq}", "submit the job again"
+                )
+            self._insert_chunks(job_id, first_chunk, chunks)
+
+    def seal_upload(self, job_id: str) -> None:
+        """The upload is complete: the job can run."""
         with self._wlock, self._w:
             self._w.execute(
-                "INSERT INTO jobs (id, job, chunk_size, start, stop, items, created,"
-                " step, retries, on_error, item_timeout, code_version)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    spec.id,
-                    spec.job,
-                    spec.chunk_size,
-                    spec.start,
-                    spec.stop,
-                    items,
-                    spec.created,
-                    spec.step,
-                    spec.retries,
-                    spec.on_error,
-                    spec.item_timeout,
-                    spec.code_version,
-                ),
+                "UPDATE jobs SET state = ? WHERE id = ? AND state = ?",
+                (JobState.RUNNING.value, job_id, OPEN),
             )
 
     def record_done(
@@ -259,12 +385,20 @@ class Journal:
         )
 
     def delete_job_step(self, job_id: str, batch: int = defaults.PRUNE_BATCH_ROWS) -> bool:
-        """Delete up to ``batch`` of a job's result rows, or (when none are left) its
-        failure records and the job itself. True when the job is gone."""
+        """Delete up to ``batch`` of a job's result rows, then of its stored items, or
+        (when none are left) its failure records and the job itself. True when the job
+        is gone."""
         with self._wlock, self._w:
             cur = self._w.execute(
                 "DELETE FROM done WHERE seq IN"
                 " (SELECT seq FROM done WHERE job_id = ? ORDER BY seq LIMIT ?)",
+                (job_id, batch),
+            )
+            if cur.rowcount:
+                return False
+            cur = self._w.execute(
+                "DELETE FROM chunk_items WHERE rowid IN"
+                " (SELECT rowid FROM chunk_items WHERE job_id = ? LIMIT ?)",
                 (job_id, batch),
             )
             if cur.rowcount:
@@ -294,49 +428,81 @@ class Journal:
     # -- reads -------------------------------------------------------------
 
     def jobs(self) -> list[JournaledJob]:
-        """Every job in submission order."""
+        """Every job in submission order, as the master loads them at start.
+
+        An older journal's item lists are moved into ``chunk_items`` on the way. A
+        row that cannot become a job has ``problem`` set; reading never raises for
+        one job's sake (a damaged file raises sqlite3.DatabaseError).
+        """
         with self._rlock:
             rows = self._r.execute(
-                "SELECT id, job, chunk_size, start, stop, items, created, state, error, duplicates,"
-                " step, retries, on_error, item_timeout, items_failed, finished, code_version"
-                " FROM jobs ORDER BY created, rowid"
+                "SELECT id, job, chunk_size, start, stop, items IS NOT NULL, created, state,"
+                " error, duplicates, step, retries, on_error, item_timeout, items_failed,"
+                " finished, listed, upload_seq, code_version FROM jobs ORDER BY created, rowid"
             ).fetchall()
-        out = []
-        for (
-            jid,
-            job,
-            cs,
-            start,
-            stop,
-            items,
-            created,
-            state,
-            error,
-            dups,
-            step,
-            retries,
-            on_error,
-            item_timeout,
-            items_failed,
-            finished,
-            code_version,
-        ) in rows:
+        return [self._load(row) for row in rows]
+
+    def _load(self, row: tuple[Any, ...]) -> JournaledJob:
+        (jid, job, cs, start, stop, legacy, created, state, error, dups) = row[:10]
+        (step, retries, on_error, item_timeout, items_failed, finished) = row[10:16]
+        (listed, seq, code_version) = row[16:]
+        try:
             spec = JobSpec(
-                id=jid,
-                job=job,
-                chunk_size=cs,
-                start=start,
-                stop=stop,
-                items=None if items is None else pickle.loads(items),
-                created=created,
-                step=step,
-                retries=retries,
-                on_error=on_error,
-                item_timeout=item_timeout,
-                code_version=code_version,
+                id=_text(jid),
+                job=_text(job),
+                chunk_size=_whole(cs),
+                start=_whole(start),
+                stop=_whole(stop),
+                listed=None if listed is None else _whole(listed),
+                created=float(created),
+                step=_whole(step),
+                retries=_whole(retries),
+                on_error=_text(on_error),
+                item_timeout=None if item_timeout is None else float(item_timeout),
+                code_version=_text(code_version),
             )
-            out.append(JournaledJob(spec, JobState(state), error, dups, items_failed, finished))
-        return out
+            problem = _spec_problem(spec)
+            if state == OPEN:
+                return JournaledJob(spec, JobState.RUNNING, None, 0, upload_seq=_whole(seq))
+            job_state = JobState(state)
+            if problem is None and legacy:
+                spec, problem = self._move_items(spec)
+            return JournaledJob(
+                spec,
+                job_state,
+                None if error is None else str(error),
+                _whole(dups),
+                _whole(items_failed),
+                None if finished is None else float(finished),
+                problem=problem,
+            )
+        except (TypeError, ValueError) as exc:
+            stand_in = JobSpec(str(jid), str(job), 1, created=_number(created))
+            return JournaledJob(
+                stand_in, JobState.FAILED, None, 0, problem=f"its journal row is invalid ({exc})"
+            )
+
+    def _move_items(self, spec: JobSpec) -> tuple[JobSpec, str | None]:
+        """Move an older master's item list (one value in ``jobs.items``) into one row
+        per chunk. Returns the spec with ``listed`` set, or the reason it failed."""
+        with self._rlock:
+            (blob,) = self._r.execute("SELECT items FROM jobs WHERE id = ?", (spec.id,)).fetchone()
+        try:
+            items = safepickle.loads(blob, safepickle.PLAIN)
+            if not isinstance(items, list):
+                raise TypeError(f"a {type(items).__name__}, not a list")
+            size = spec.chunk_size
+            chunks = [pickle_items(items[lo : lo + size]) for lo in range(0, len(items), size)]
+        except Exception as exc:  # a damaged pickle, MemoryError: the job fails, not the master
+            return spec, f"its items cannot be read ({type(exc).__name__}: {exc})"
+        spec = dataclasses.replace(spec, listed=len(items))
+        del items
+        with self._wlock, self._w:
+            self._insert_chunks(spec.id, 0, chunks)
+            self._w.execute(
+                "UPDATE jobs SET items = NULL, listed = ? WHERE id = ?", (spec.listed, spec.id)
+            )
+        return spec, None
 
     def attempts(self, job_id: str) -> dict[int, tuple[int, set[str]]]:
         """Failed attempts per chunk of a running job, from its failure records."""
@@ -397,29 +563,51 @@ class Journal:
                 out.extend(chunk for (chunk,) in batch)
         return out
 
+    def chunk_items(self, job_id: str, chunks: Sequence[int]) -> dict[int, bytes]:
+        """The stored items (pickled lists) of some chunks of an item-list job."""
+        out: dict[int, bytes] = {}
+        with self._rlock:
+            for chunk in chunks:  # a few per lease call: one primary-key lookup each
+                row = self._r.execute(
+                    "SELECT items FROM chunk_items WHERE job_id = ? AND chunk = ?",
+                    (job_id, chunk),
+                ).fetchone()
+                if row is not None:
+                    out[chunk] = bytes(row[0])
+        return out
+
+    # The chunk's stored items beside its results, when asked for (item-list jobs).
+    _ROW = (
+        "SELECT done.seq, done.chunk, done.worker, done.host, done.results, done.failed, {items}"
+        " FROM done LEFT JOIN chunk_items AS ci ON ci.job_id = done.job_id"
+        " AND ci.chunk = done.chunk "
+    )
+
     def fetch(
-        self, job_id: str, after_seq: int, max_items: int, chunk_size: int
+        self, job_id: str, after_seq: int, max_items: int, chunk_size: int, items: bool = False
     ) -> list[ResultRow]:
-        """Results committed after ``after_seq``, in commit order, about ``max_items`` items."""
-        limit = max(1, max_items // max(1, chunk_size))
+        """Results committed after ``after_seq``, in commit order, about ``max_items`` items
+        (``items``: with the chunks' stored items, counted in the budget)."""
+        limit = max(1, max_items // max(1, chunk_size) // (2 if items else 1))
         with self._rlock:
             rows = self._r.execute(
-                "SELECT seq, chunk, worker, host, results, failed FROM done "
-                "WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                self._ROW.format(items="ci.items" if items else "NULL")
+                + "WHERE done.job_id = ? AND done.seq > ? ORDER BY done.seq LIMIT ?",
                 (job_id, after_seq, limit),
             ).fetchall()
         return [_row(r) for r in rows]
 
     def fetch_ordered(
-        self, job_id: str, from_chunk: int, max_items: int, chunk_size: int
+        self, job_id: str, from_chunk: int, max_items: int, chunk_size: int, items: bool = False
     ) -> list[ResultRow]:
         """Results of chunks ``from_chunk, from_chunk + 1, …`` up to the first one not done,
         about ``max_items`` items (at least one chunk when ``from_chunk`` is done)."""
-        limit = max(1, max_items // max(1, chunk_size))
+        limit = max(1, max_items // max(1, chunk_size) // (2 if items else 1))
         with self._rlock:
             rows = self._r.execute(
-                "SELECT seq, chunk, worker, host, results, failed FROM done "
-                "WHERE job_id = ? AND chunk >= ? AND chunk < ? ORDER BY chunk",
+                self._ROW.format(items="ci.items" if items else "NULL")
+                + "WHERE done.job_id = ? AND done.chunk >= ? AND done.chunk < ?"
+                " ORDER BY done.chunk",
                 (job_id, from_chunk, from_chunk + limit),
             ).fetchall()
         out = []
@@ -431,5 +619,45 @@ class Journal:
 
 
 def _row(r: tuple[Any, ...]) -> ResultRow:
-    seq, chunk, worker, host, blob, failed = r
-    return ResultRow(int(seq), int(chunk), str(worker), str(host), bytes(blob), int(failed))
+    seq, chunk, worker, host, blob, failed, items = r
+    return ResultRow(
+        int(seq),
+        int(chunk),
+        str(worker),
+        str(host),
+        bytes(blob),
+        int(failed),
+        None if items is None else bytes(items),
+    )
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not text")
+    return value
+
+
+def _whole(value: Any) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"{value!r} is not a whole number")
+    return value
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _spec_problem(spec: JobSpec) -> str | None:
+    """Why a journaled job cannot run (values no submit would have let through)."""
+    if spec.chunk_size < 1:
+        return f"its chunk size {spec.chunk_size} is below 1"
+    if spec.listed is None and spec.step == 0:
+        return "its range has a step of 0"
+    if spec.listed is not None and spec.listed < 0:
+        return f"its item count {spec.listed} is negative"
+    if spec.on_error not in {e.value for e in OnError}:
+        return f"its on_error {spec.on_error!r} is unknown"
+    return None

@@ -37,7 +37,11 @@ Every read and write has a timeout: a hung (SIGSTOP'd) master is detected,
 the connection is dropped and re-dialled with backoff. A damaged or
 tampered reply (TLS integrity failure, a pickle naming a refused global)
 is a broken connection too. Calls are never interrupted by signals; every
-board method is safe to retry.
+board method is safe to retry. Every wait is bounded by what is left of the
+caller's time: the connect timeout (``give_up``) bounds connecting, the
+handshake and the first answer together, and a call's ``deadline`` bounds the
+call with its reconnects, so a timeout is honoured within a fraction of a
+second of its value.
 
 Stock ``BaseManager`` clients still work against a plaintext master:
 register ``get_board`` on a ``BaseManager`` subclass (see
@@ -627,7 +631,10 @@ def dial(
         conn.send((None, "accept_connection", (name,), {}))
         kind, result = conn.recv()
         if kind != "#RETURN":
-            raise RemoteError(f"master refused the connection: {result}", "check the master's log")
+            raise RemoteError(
+                f"master refused the connection: {result}",
+                "run the same taskfleet version on the master and here",
+            )
     except BaseException as exc:
         conn.close()
         _raise_tls_failure(exc, where, address[0], tls)
@@ -648,8 +655,14 @@ class _NoRetry:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        return self._session.call_once(method, *args, timeout=timeout)
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        return self._session.call_once(method, *args, timeout=timeout, deadline=deadline)
 
 
 class Session:
@@ -723,53 +736,117 @@ class Session:
             return result
         if kind == "#ERROR" and isinstance(result, TaskfleetError):
             raise result
+        # The stock server's own refusals (an unknown method, an unpicklable reply):
+        # the reason is in the reply, and the master logged nothing more.
         raise RemoteError(
-            f"the master failed on {method}: {_short(Exception(result))}", "see the master's log"
+            f"the master failed on {method}: {_short(Exception(result))}",
+            "run the same taskfleet version on the master and here",
         )
 
-    def call_once(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """Call on the current connection (used by on_connect hooks); no retry."""
-        return self._raw_call(method, args, timeout or self.timeout)
+    def call_once(
+        self,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Call on the current connection (used by on_connect hooks); no retry. Without
+        ``timeout`` it waits what is left of the connection attempt (``deadline`` is the
+        attempt's, which the session set)."""
+        del deadline
+        return self._raw_call(method, args, timeout or self._conn_timeout)
 
     @property
     def once(self) -> _NoRetry:
         """This session as a caller that never retries (for ``BoardStub`` in on_connect hooks)."""
         return _NoRetry(self)
 
-    def _connect(self) -> None:
-        self._conn = dial(self.address, self._authkey, self.timeout, self._name, self.tls)
-        self._conn_timeout = self.timeout
+    def _connect(self, limit: float | None) -> None:
+        """Dial and say hello, both within ``limit`` (a monotonic time) when given."""
+        timeout = self._left(self.timeout, limit)
+        self._conn = dial(self.address, self._authkey, timeout, self._name, self.tls)
+        self._conn_timeout = timeout
         self.connects += 1
         if self._on_connect is not None:
             self._on_connect(self)
 
-    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """Call a board method, reconnecting as needed. See the class docstring."""
+    @staticmethod
+    def _left(timeout: float, limit: float | None) -> float:
+        """``timeout``, cut to what is left before ``limit`` (never 0: that means "no limit"
+        to the kernel)."""
+        if limit is None:
+            return timeout
+        return max(0.001, min(timeout, limit - time.monotonic()))
+
+    def _limit(self, failing_since: float | None, deadline: float | None) -> float | None:
+        """When to give up: the caller's deadline, or ``give_up`` after the connection
+        stopped working (or, before the first answer, after the call began)."""
+        limits = [] if deadline is None else [deadline]
+        if failing_since is not None and self.give_up is not None:
+            limits.append(failing_since + self.give_up)
+        return min(limits) if limits else None
+
+    def _gave_up(self, deadline: float | None, limit: float, reason: str) -> Exception:
+        if deadline is not None and limit == deadline:
+            why = "" if reason == "no answer in time" else f" ({reason})"
+            return TimeoutError(f"no answer from the master at {self.where} in time{why}")
+        if self.connects == 0:
+            what = (
+                f"cannot reach the master at {self.where} within the connect timeout"
+                f" ({self.give_up:g}s): {reason}"
+            )
+        else:
+            what = (
+                f"lost the master at {self.where}; it did not answer again within"
+                f" {self.give_up:g}s ({reason})"
+            )
+        return MasterUnreachable(
+            what, "check that the master runs there, the address and port, and the firewall"
+        )
+
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Call a board method, reconnecting as needed. See the class docstring.
+
+        ``timeout`` bounds one attempt (default: the session's); ``deadline`` (a
+        ``time.monotonic()`` value) the whole call: past it, TimeoutError. Raises
+        MasterUnreachable after ``give_up`` seconds without an answer, Stopping.
+        """
         call_timeout = timeout or self.timeout
-        failing_since: float | None = None
+        # Not connected yet: the master must answer within give_up from now on.
+        failing_since: float | None = None if self._conn is not None else time.monotonic()
         delay = 0.5
+        reason = "no answer in time"
+        failed = False
         while True:
             if self._stop.is_set() and self._conn is None:
                 raise Stopping()
+            limit = self._limit(failing_since, deadline)
+            if limit is not None and limit - time.monotonic() < 0.01:
+                raise self._gave_up(deadline, limit, reason)
             try:
                 if self._conn is None:
-                    self._connect()
-                result = self._raw_call(method, args, call_timeout)
-                if failing_since is not None and self._log is not None:
+                    self._connect(limit)
+                result = self._raw_call(method, args, self._left(call_timeout, limit))
+                if failed and self._log is not None:
                     self._log.info("the master at %s answers again", self.where)
                 return result
             except _TRANSPORT_ERRORS as exc:
                 was_connected = self._conn is not None
+                failed = True
                 self.close()
                 now = time.monotonic()
                 if failing_since is None:
                     failing_since = now
                 reason = _describe(exc)
-                if self.give_up is not None and now - failing_since + delay > self.give_up:
-                    raise MasterUnreachable(
-                        f"cannot reach the master at {self.where} ({reason})",
-                        "check that the master runs there, the address and port, and the firewall",
-                    ) from None
+                limit = self._limit(failing_since, deadline)
+                if limit is not None and limit - now < 0.05:
+                    raise self._gave_up(deadline, limit, reason) from None
                 if self._log is not None:
                     if was_connected:
                         self._log.warning(
@@ -786,6 +863,7 @@ class Session:
                             reason,
                             delay,
                         )
-                if self._stop.wait(delay):
+                pause = delay if limit is None else min(delay, limit - now)
+                if self._stop.wait(pause):
                     raise Stopping() from None
                 delay = min(self._max_backoff, max(0.5, delay * 2))

@@ -4,36 +4,48 @@
 methods are the whole remote API, listed and described in
 :mod:`taskfleet.protocol`. Everything a caller is told has happened is in the
 journal first.
+
+Nothing a caller sends can stop the master: a job is checked completely
+(name, options, size against what the master holds per job, every item)
+before it is journaled; an unexpected failure inside a call is logged with
+its traceback and answered with its reason (never a bare "see the log"); and
+a journal entry that cannot be loaded at start becomes a failed job with the
+reason while the master starts and serves the rest.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from taskfleet import __version__, defaults, jobs, metrics, observe
 from taskfleet.address import format_hostport
-from taskfleet.board import Board, CompleteOutcome, JobSpec
+from taskfleet.board import STORED, Board, CompleteOutcome, JobSpec, check_size, range_length
 from taskfleet.errors import (
     BadJobArguments,
     BindError,
     JobNotFound,
     JournalError,
     ProtocolMismatch,
+    RemoteError,
     TaskfleetError,
 )
-from taskfleet.journal import DoneRow, ErrorRow, Journal
+from taskfleet.journal import DoneRow, ErrorRow, Journal, JournaledJob, damaged, is_damage
+from taskfleet.lock import JournalLock
 from taskfleet.manager import TaskfleetServer
 from taskfleet.observe import Counters, Observer
 from taskfleet.protocol import (
@@ -48,6 +60,7 @@ from taskfleet.protocol import (
     JobOptions,
     JobState,
     JobView,
+    Lease,
     LostWorkerView,
     OnError,
     PingReply,
@@ -57,6 +70,7 @@ from taskfleet.protocol import (
     StatusView,
     SubmitReply,
     TLSView,
+    UploadReply,
     wire,
 )
 from taskfleet.tls import CertInfo, TLSConfig, describe
@@ -98,6 +112,13 @@ def check_options(options: Any) -> JobOptions:
     return JobOptions(retries=retries, on_error=str(on_error), item_timeout=item_timeout)
 
 
+def _check_job_id(job_id: Any) -> None:
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise BadJobArguments(
+            f"bad job id {_one_line(repr(job_id), 80)}", "use letters, digits, - and _"
+        )
+
+
 def _packages(value: Any) -> dict[str, str]:
     """A worker's job packages as it said them at hello, kept to plain short strings
     (they go into every ``status``); anything else is dropped."""
@@ -115,6 +136,92 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def check_chunk_size(chunk_size: Any) -> int:
+    """A submit's chunk size, checked; raise BadJobArguments naming the valid range."""
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or not 1 <= chunk_size <= defaults.MAX_CHUNK_SIZE
+    ):
+        raise BadJobArguments(
+            f"bad chunk size {chunk_size!r}",
+            f"use 1..{defaults.MAX_CHUNK_SIZE} (default {defaults.CHUNK_SIZE})",
+        )
+    return chunk_size
+
+
+def check_range(start: Any, stop: Any, step: Any, chunk_size: int) -> None:
+    """A range job's bounds, checked: whole numbers the journal can store, not empty,
+    not more chunks than the master holds per job. Raise BadJobArguments."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop, step)):
+        raise BadJobArguments(
+            f"bad range ({_one_line(repr(start), 40)}, {_one_line(repr(stop), 40)},"
+            f" {_one_line(repr(step), 40)})",
+            "give whole numbers",
+        )
+    limit = defaults.MAX_RANGE_BOUND
+    for name, value in (("start", start), ("stop", stop), ("step", step)):
+        if not -limit <= value <= limit:
+            raise BadJobArguments(
+                f"the range's {name} {jobs.safe_repr(value, 40)} does not fit the journal",
+                f"keep range bounds within ±{limit:,} (64-bit integers)",
+            )
+    if step == 0 or not range_length(start, stop, step):
+        raise BadJobArguments(
+            f"range({start}, {stop}, {step}) is empty", "give --range N with N >= 1"
+        )
+    check_size(range_length(start, stop, step), chunk_size)
+
+
+def _pickled_chunks(items: Sequence[Any], chunk_size: int, first: int) -> list[bytes]:
+    """Items as stored: one pickled list per chunk, each within ``MAX_CHUNK_BYTES``."""
+    out = []
+    for lo in range(0, len(items), chunk_size):
+        blob = jobs.pickle_items(items[lo : lo + chunk_size])
+        if len(blob) > defaults.MAX_CHUNK_BYTES:
+            mb = defaults.MAX_CHUNK_BYTES // (1024 * 1024)
+            raise BadJobArguments(
+                f"chunk {first + lo // chunk_size}'s items take {len(blob) / 2**20:,.0f} MB"
+                f" pickled; a chunk may take at most {mb} MB",
+                "use a smaller --chunk-size (or smaller items)",
+            )
+        out.append(blob)
+    return out
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _reported(name: str, method: _F) -> _F:
+    """Wrap a remote method: an unexpected exception is logged with its traceback and
+    answered as a RemoteError carrying its type and message (the client's line then
+    says what happened, and the master's log, which the fix points to, has the rest)."""
+
+    @functools.wraps(method)
+    def call(self: BoardService, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except TaskfleetError:
+            raise
+        except Exception as exc:
+            self.log.exception("%s from %s failed", name, self._peer() or "?")
+            raise RemoteError(
+                f"the master failed on {name}: {type(exc).__name__}: {_one_line(str(exc), 200)}",
+                "a bug or a damaged journal; the master's log has the traceback",
+            ) from None
+
+    return call  # type: ignore[return-value]
+
+
+@dataclass
+class _Upload:
+    """A job whose items are arriving (``open`` … ``seal``); it is not on the board yet."""
+
+    spec: JobSpec  # listed: the items received so far
+    seq: int  # the next batch expected
+    seen: float  # monotonic time of the last batch
+
+
 def failure_summary(
     failure: ItemFailure | None, index: int, attempt: int, worker: str, host: str
 ) -> str:
@@ -130,11 +237,21 @@ def failure_summary(
 class BoardService:
     """The remote API. Thread-safe; one instance per master."""
 
-    def __init__(self, board: Board, journal: Journal, log: logging.Logger, address: str) -> None:
+    def __init__(
+        self,
+        board: Board,
+        journal: Journal,
+        log: logging.Logger,
+        address: str,
+        upload_timeout: float = defaults.UPLOAD_IDLE_TIMEOUT,
+    ) -> None:
         self.board = board
         self.journal = journal
         self.log = log
         self.address = address
+        self.upload_timeout = upload_timeout
+        #: jobs whose items are still arriving (open … seal), under ``_submit``
+        self._uploads: dict[str, _Upload] = {}
         self.started = time.monotonic()
         self.server: TaskfleetServer | None = None
         self._commit = threading.Lock()
@@ -233,7 +350,49 @@ class BoardService:
 
     def lease(self, worker: str, n: int, wait: float = 0.0) -> list[tuple[Any, ...]]:
         leases = self.board.lease(worker, max(0, int(n)), min(float(wait), defaults.MAX_FETCH_WAIT))
+        if any(lease.payload == STORED for lease in leases):
+            leases = self._load_items(leases)
         return wire(leases)
+
+    def _load_items(self, leases: list[Lease]) -> list[Lease]:
+        """Fill in the items of item-list chunks from the journal (a few chunks per call:
+        the master never holds a job's whole item list). A chunk whose items cannot be
+        read fails its job with the reason; the other leases go out."""
+        wanted: dict[str, list[int]] = {}
+        for lease in leases:
+            if lease.payload == STORED:
+                wanted.setdefault(lease.job_id, []).append(lease.chunk)
+        found: dict[str, dict[int, bytes]] = {}
+        broken: dict[str, str] = {}
+        for job_id, chunks in wanted.items():
+            try:
+                found[job_id] = self.journal.chunk_items(job_id, chunks)
+            except sqlite3.Error as exc:
+                broken[job_id] = f"its items cannot be read from the journal ({exc})"
+                continue
+            missing = [c for c in chunks if c not in found[job_id]]
+            if missing:
+                broken[job_id] = f"the journal has no items for its chunk {missing[0]}"
+        for job_id, why in broken.items():
+            self._fail(job_id, why)
+        out = []
+        for lease in leases:
+            if lease.payload != STORED:
+                out.append(lease)
+            elif lease.job_id not in broken:
+                out.append(lease._replace(payload=("pickled", found[lease.job_id][lease.chunk])))
+        return out
+
+    def _fail(self, job_id: str, why: str) -> None:
+        """Fail a running job for a reason of the master's own (journaled, logged)."""
+        with self._commit:
+            if self.board.fail_job(job_id, why):
+                try:
+                    self.journal.set_state(job_id, JobState.FAILED, why)
+                except sqlite3.Error as exc:
+                    self.log.error("job %s: cannot journal its failure: %s", job_id, exc)
+        self.log.error("job %s failed: %s", job_id, why)
+        self._changed()
 
     def complete(self, worker: str, host: str, results: Sequence[Sequence[Any]]) -> Ack:
         """Accept results (failed attempts are retried, fail the job or are skipped);
@@ -300,7 +459,8 @@ class BoardService:
             self.board.undo_complete(worker, outcome.accepted, outcome.skipped)
             self.log.error("journal write failed, %d chunks will run again: %s", len(rows), exc)
             raise JournalError(
-                f"the master could not journal results: {exc}", "see the master's log"
+                f"the master could not journal results: {exc}",
+                "free space on the master's journal volume; the results are kept and sent again",
             ) from None
         for job_id, count in Counter(e.job_id for e in errors).items():
             self._error_counts[job_id] = self._error_counts.get(job_id, 0) + count
@@ -428,60 +588,78 @@ class BoardService:
         step: int = 1,
         options: JobOptions | None = None,
     ) -> SubmitReply:
-        """Create a job (idempotent per ``job_id``); refuse bad names/arguments."""
-        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
-            raise BadJobArguments(f"bad job id {job_id!r}", "use letters, digits, - and _")
-        if not isinstance(chunk_size, int) or not 1 <= chunk_size <= defaults.MAX_CHUNK_SIZE:
-            raise BadJobArguments(
-                f"bad chunk size {chunk_size!r}",
-                f"use 1..{defaults.MAX_CHUNK_SIZE} (default {defaults.CHUNK_SIZE})",
-            )
+        """Create a job in one call (idempotent per ``job_id``): a range job, or a short
+        item list (at most ``max(UPLOAD_BATCH_ITEMS, chunk_size)`` items; longer lists
+        are uploaded with open/append/seal). Everything is checked before it is journaled.
+        """
+        _check_job_id(job_id)
+        chunk_size = check_chunk_size(chunk_size)
         opts = check_options(options)
+        if self.board.has_job(job_id):
+            return self._submitted(self.board.spec(job_id))
+        chunks: list[bytes] = []
         if items is None:
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop, step)):
+            check_range(start, stop, step, chunk_size)
+            jobs.validate(job, None)
+            listed = None
+        else:
+            if not isinstance(items, list | tuple):
                 raise BadJobArguments(
-                    f"bad range ({start!r}, {stop!r}, {step!r})", "give whole numbers"
+                    f"items must be a list, not {type(items).__name__}", "send a list of items"
                 )
-            if step == 0 or not range(start, stop, step):
+            if not items:
                 raise BadJobArguments(
-                    f"range({start}, {stop}, {step}) is empty", "give --range N with N >= 1"
+                    "no items to process", "put one item per line in the items file"
                 )
-        elif not items:
-            raise BadJobArguments("no items to process", "put one item per line in the items file")
-        jobs.validate(job, items)
+            most = max(defaults.UPLOAD_BATCH_ITEMS, chunk_size)
+            if len(items) > most:
+                raise BadJobArguments(
+                    f"{len(items):,} items in one submit call; at most {most:,} fit in one",
+                    "send longer lists with open/append/seal (taskfleet.Client does)",
+                )
+            jobs.validate(job, items)
+            chunks = _pickled_chunks(items, chunk_size, 0)
+            listed, start, stop, step = len(items), 0, 0, 1
+        spec = JobSpec(
+            job_id,
+            job,
+            chunk_size,
+            start,
+            stop,
+            listed,
+            time.time(),
+            step,
+            opts["retries"],
+            opts["on_error"],
+            opts["item_timeout"],
+            jobs.code_version(job),
+        )
         with self._submit:
             if self.board.has_job(job_id):
-                spec = self.board.spec(job_id)
-            else:
-                spec = JobSpec(
-                    job_id,
-                    job,
-                    chunk_size,
-                    start,
-                    stop,
-                    items,
-                    time.time(),
-                    step if items is None else 1,
-                    opts["retries"],
-                    opts["on_error"],
-                    opts["item_timeout"],
-                    jobs.code_version(job),
-                )
-                self.journal.add_job(spec)
-                self.board.add_job(spec)
-                self._job_started[job_id] = time.monotonic()
-                self.log.info(
-                    "job %s submitted: %s%s over %d items in %d chunks (retries %d, on error %s%s)",
-                    job_id,
-                    job,
-                    f" ({spec.code_version})" if spec.code_version else "",
-                    spec.n_items,
-                    spec.n_chunks,
-                    spec.retries,
-                    spec.on_error,
-                    f", item timeout {spec.item_timeout:g}s" if spec.item_timeout else "",
-                )
-                self._changed()
+                return self._submitted(self.board.spec(job_id))
+            self.journal.add_job(spec, chunks)
+            self._start_job(spec)
+        return self._submitted(spec)
+
+    def _start_job(self, spec: JobSpec) -> None:
+        """Put a journaled job on the board (``_submit`` held)."""
+        self.board.add_job(spec)
+        self._job_started[spec.id] = time.monotonic()
+        self.log.info(
+            "job %s submitted: %s%s over %d items in %d chunks (retries %d, on error %s%s)",
+            spec.id,
+            spec.job,
+            f" ({spec.code_version})" if spec.code_version else "",
+            spec.n_items,
+            spec.n_chunks,
+            spec.retries,
+            spec.on_error,
+            f", item timeout {spec.item_timeout:g}s" if spec.item_timeout else "",
+        )
+        self._changed()
+
+    @staticmethod
+    def _submitted(spec: JobSpec) -> SubmitReply:
         return SubmitReply(
             id=spec.id,
             job=spec.job,
@@ -490,6 +668,143 @@ class BoardService:
             code_version=spec.code_version,
             result_types=jobs.declared_result_types(spec.job),
         )
+
+    # -- uploads: open, append, seal ---------------------------------------------------
+
+    def open(
+        self, job_id: str, job: str, chunk_size: int, options: JobOptions | None = None
+    ) -> UploadReply:
+        """Begin an upload of an item list (idempotent per ``job_id``): checks the name
+        and options now, the items batch by batch in :meth:`append`."""
+        _check_job_id(job_id)
+        chunk_size = check_chunk_size(chunk_size)
+        opts = check_options(options)
+        jobs.validate(job, None)
+        with self._submit:
+            upload = self._uploads.get(job_id)
+            if upload is not None:
+                return self._upload_reply(upload)
+            if self.board.has_job(job_id):  # sealed already: a resent open after a lost reply
+                spec = self.board.spec(job_id)
+                return UploadReply(id=job_id, seq=-1, n_items=spec.n_items)
+            spec = JobSpec(
+                job_id,
+                job,
+                chunk_size,
+                listed=0,
+                created=time.time(),
+                retries=opts["retries"],
+                on_error=opts["on_error"],
+                item_timeout=opts["item_timeout"],
+                code_version=jobs.code_version(job),
+            )
+            self.journal.open_upload(spec)
+            upload = _Upload(spec, 0, time.monotonic())
+            self._uploads[job_id] = upload
+            self.log.info(
+                "job %s: upload of its items begins (%s, from %s)", job_id, job, self._peer() or "?"
+            )
+            return self._upload_reply(upload)
+
+    @staticmethod
+    def _upload_reply(upload: _Upload) -> UploadReply:
+        return UploadReply(id=upload.spec.id, seq=upload.seq, n_items=upload.spec.n_items)
+
+    def _upload(self, job_id: str) -> _Upload:
+        upload = self._uploads.get(job_id)
+        if upload is None:
+            raise JobNotFound(
+                f"no upload of job {job_id!r} on this master (never opened, refused, or"
+                f" dropped after {self.upload_timeout:g}s without items)",
+                "submit the job again",
+            )
+        return upload
+
+    def append(self, job_id: str, seq: int, items: Sequence[Any]) -> UploadReply:
+        """Add batch ``seq`` of an upload: whole chunks of items (a short last chunk ends
+        the items). A batch already received is answered, not added again. A batch that
+        is refused (a bad item, a chunk too large, too many chunks) drops the upload."""
+        with self._submit:
+            upload = self._upload(job_id)
+            upload.seen = time.monotonic()
+            if isinstance(seq, bool) or not isinstance(seq, int) or seq > upload.seq:
+                raise BadJobArguments(
+                    f"batch {seq!r} of job {job_id} arrives before batch {upload.seq}",
+                    "send the batches in order, from 0",
+                )
+            if seq < upload.seq:
+                return self._upload_reply(upload)
+            spec = upload.spec
+            try:
+                have = spec.n_items
+                if have % spec.chunk_size:
+                    raise BadJobArguments(
+                        f"job {job_id} got items after a short chunk (the last one)",
+                        "send whole chunks in every batch but the last",
+                    )
+                if not isinstance(items, list | tuple) or not items:
+                    raise BadJobArguments(
+                        f"batch {seq} of job {job_id} holds no items", "send a list of items"
+                    )
+                check_size(have + len(items), spec.chunk_size)
+                jobs.validate(spec.job, items, offset=have)
+                chunks = _pickled_chunks(items, spec.chunk_size, have // spec.chunk_size)
+                listed = have + len(items)
+                self.journal.append_upload(job_id, seq, have // spec.chunk_size, chunks, listed)
+            except TaskfleetError as exc:
+                self._drop_upload(job_id, f"refused: {exc.what}")
+                raise
+            upload.spec = replace(spec, listed=listed)
+            upload.seq += 1
+            return self._upload_reply(upload)
+
+    def seal(self, job_id: str, n_items: int) -> SubmitReply:
+        """End an upload: the job runs. ``n_items`` is what the client sent (checked)."""
+        with self._submit:
+            if job_id not in self._uploads and self.board.has_job(job_id):
+                return self._submitted(self.board.spec(job_id))  # a resent seal
+            upload = self._upload(job_id)
+            spec = upload.spec
+            if spec.n_items != n_items:
+                raise BadJobArguments(
+                    f"job {job_id}: the master received {spec.n_items:,} items,"
+                    f" the client sent {n_items!r}",
+                    "submit the job again",
+                )
+            if not n_items:
+                self._drop_upload(job_id, "refused: no items")
+                raise BadJobArguments(
+                    "no items to process", "put one item per line in the items file"
+                )
+            self.journal.seal_upload(job_id)
+            del self._uploads[job_id]
+            self._start_job(spec)
+        return self._submitted(spec)
+
+    def _drop_upload(self, job_id: str, why: str) -> None:
+        """Forget an upload and delete what it journaled (``_submit`` held)."""
+        upload = self._uploads.pop(job_id, None)
+        if upload is None:
+            return
+        self.log.warning(
+            "job %s: upload dropped after %d items (%s)", job_id, upload.spec.n_items, why
+        )
+        while not self.journal.delete_job_step(job_id):
+            pass
+
+    def resume_upload(self, spec: JobSpec, seq: int) -> None:
+        """An upload found in the journal at start: its client may still finish it."""
+        with self._submit:
+            self._uploads[spec.id] = _Upload(spec, seq, time.monotonic())
+
+    def expire_uploads(self, now: float) -> None:
+        """Drop uploads whose client sent nothing for ``upload_timeout`` seconds."""
+        with self._submit:
+            for job_id, upload in list(self._uploads.items()):
+                if now - upload.seen > self.upload_timeout:
+                    self._drop_upload(
+                        job_id, f"its client sent nothing for {self.upload_timeout:g}s"
+                    )
 
     def _spec(self, job_id: str) -> JobSpec:
         if not isinstance(job_id, str) or not self.board.has_job(job_id):
@@ -554,13 +869,16 @@ class BoardService:
         after_seq: int,
         max_items: int = defaults.FETCH_MAX_ITEMS,
         wait: float = defaults.FETCH_WAIT,
+        items: bool = False,
     ) -> tuple[list[tuple[Any, ...]], JobView]:
-        """Results journaled after ``after_seq`` (completion order); long-polls up to
-        ``wait`` s when there are none."""
+        """Results journaled after ``after_seq`` (completion order), with the chunks'
+        stored items when ``items`` is true; long-polls up to ``wait`` s when there are
+        none."""
         spec = self._spec(job_id)
+        with_items = bool(items) and spec.listed is not None
 
         def ready(last: bool) -> tuple[list[tuple[Any, ...]], JobView] | None:
-            rows = self.journal.fetch(job_id, after_seq, max_items, spec.chunk_size)
+            rows = self.journal.fetch(job_id, after_seq, max_items, spec.chunk_size, with_items)
             view = self._view(job_id)
             if rows or last or _finished(view):
                 return wire(rows), view
@@ -575,19 +893,24 @@ class BoardService:
         from_chunk: int,
         max_items: int = defaults.FETCH_MAX_ITEMS,
         wait: float = defaults.FETCH_WAIT,
+        items: bool = False,
     ) -> tuple[list[tuple[Any, ...]], JobView]:
         """Results of chunks ``from_chunk, from_chunk+1, …`` (input order) up to the
-        first one not done; long-polls up to ``wait`` s until ``from_chunk`` is done.
+        first one not done, with their stored items when ``items`` is true; long-polls
+        up to ``wait`` s until ``from_chunk`` is done.
 
         A reader keeps only one reply in memory however slow one chunk is.
         """
         spec = self._spec(job_id)
+        with_items = bool(items) and spec.listed is not None
 
         def ready(last: bool) -> tuple[list[tuple[Any, ...]], JobView] | None:
             view = self._view(job_id)
             rows = []
             if 0 <= from_chunk < spec.n_chunks and self.board.is_chunk_done(job_id, from_chunk):
-                rows = self.journal.fetch_ordered(job_id, from_chunk, max_items, spec.chunk_size)
+                rows = self.journal.fetch_ordered(
+                    job_id, from_chunk, max_items, spec.chunk_size, with_items
+                )
             ended = from_chunk >= spec.n_chunks or view["state"] in (
                 JobState.FAILED,
                 JobState.CANCELLED,
@@ -606,7 +929,22 @@ class BoardService:
         return self.journal.errors(job_id, max(0, min(int(limit), defaults.MAX_JOB_ERRORS)))
 
     def cancel(self, job_id: str) -> JobView:
-        """Cancel a pending or running job (journaled); a finished job is left as it is."""
+        """Cancel a pending or running job (journaled), or drop an upload in progress with
+        what it journaled; a finished job is left as it is."""
+        with self._submit:
+            upload = self._uploads.get(job_id)
+            if upload is not None:
+                self._drop_upload(job_id, f"cancelled from {self._peer() or '?'}")
+                spec = upload.spec
+                return JobView(
+                    id=spec.id,
+                    job=spec.job,
+                    state=JobState.CANCELLED.value,
+                    chunks={"pending": 0, "leased": 0, "done": 0},
+                    items_total=spec.n_items,
+                    items_done=0,
+                    duplicates=0,
+                )
         self._spec(job_id)
         with self._commit:
             if self.board.cancel_job(job_id):
@@ -685,7 +1023,8 @@ class BoardService:
         )
 
     def tick(self, log_progress: bool) -> None:
-        """Reap expired leases; log workers gone silent and job progress."""
+        """Reap expired leases and idle uploads; log workers gone silent and job progress."""
+        self.expire_uploads(time.monotonic())
         report = self.board.reap()
         if report.gone:
             now = time.monotonic()
@@ -747,6 +1086,10 @@ class BoardService:
                 break
 
 
+for _name in EXPOSED:
+    setattr(BoardService, _name, _reported(_name, getattr(BoardService, _name)))
+
+
 def _bind_error(host: str, port: int, exc: OSError, http: bool = False) -> BindError:
     """One line for a failed bind of the manager port (``--bind``/``--port``) or of the
     HTTP port (``--http``)."""
@@ -776,7 +1119,12 @@ def _bind_error(host: str, port: int, exc: OSError, http: bool = False) -> BindE
 
 
 class Master:
-    """Lifecycle: bind, open/resume the journal, serve, stop on SIGTERM/SIGINT."""
+    """Lifecycle: bind, lock and open the journal, resume its jobs, serve, stop on
+    SIGTERM/SIGINT.
+
+    ``start`` raises BindError, JournalInUse (another master holds the journal),
+    JournalDamaged (a corrupt or foreign file) or JournalError, having changed nothing.
+    """
 
     def __init__(
         self,
@@ -789,11 +1137,14 @@ class Master:
         http: tuple[str, int] | None = None,
         keep_jobs: int = defaults.KEEP_JOBS,
         keep_for: float = defaults.KEEP_FOR,
+        upload_timeout: float = defaults.UPLOAD_IDLE_TIMEOUT,
         *,
         tls: TLSConfig | None = None,
     ) -> None:
         self.bind, self.port = bind, port
         self._http = http
+        self.upload_timeout = upload_timeout
+        self._lock: JournalLock | None = None
         self._authkey = authkey
         self._tls = tls
         self._journal_path = journal_path
@@ -841,34 +1192,21 @@ class Master:
                 self.log.warning(
                     "no --journal: jobs live in %s and are lost when the master stops", path
                 )
+            self._lock = JournalLock(path)
+            self._lock.acquire()
             journal = Journal(path)
-            service = BoardService(self.board, journal, self.log, address)
-            service.server = server
-            service.certs = certs
-            service.set_error_counts(journal.error_counts())
-            resumed = 0
-            for spec, state, error, dups, items_failed, finished in journal.jobs():
-                running = state == JobState.RUNNING
-                self.board.add_job(
-                    spec,
-                    () if state == JobState.DONE else journal.done_chunks(spec.id),
-                    dups,
-                    state,
-                    error,
-                    items_failed=items_failed,
-                    finished=finished,
-                    attempts=journal.attempts(spec.id) if running else None,
-                )
-                st = self.board.job_status(spec.id)
-                if not _finished(st):
-                    resumed += 1
-                    self.log.info(
-                        "resumed job %s (%s): %d/%d chunks done",
-                        spec.id,
-                        spec.job,
-                        st["chunks"]["done"],
-                        spec.n_chunks,
-                    )
+            try:
+                service = BoardService(self.board, journal, self.log, address, self.upload_timeout)
+                service.server = server
+                service.certs = certs
+                resumed = self._resume(service, journal)
+            except sqlite3.Error as exc:
+                journal.close()
+                if is_damage(exc):
+                    raise damaged(path, str(exc)) from None
+                raise JournalError(
+                    f"cannot read journal {path}: {exc}", "check the journal's disk and mode"
+                ) from None
         except BaseException:
             server.stop()
             if web is not None:
@@ -948,12 +1286,96 @@ class Master:
             http_dropped=dropped,
         )
 
+    def _resume(self, service: BoardService, journal: Journal) -> int:
+        """Put every journaled job back on the board; return how many are still running.
+
+        An entry that cannot be loaded (a damaged item list, impossible values, a job
+        larger than the master holds) becomes a failed job with the reason, journaled;
+        a damaged file raises sqlite3.DatabaseError (the caller refuses it).
+        """
+        service.set_error_counts(journal.error_counts())
+        resumed = 0
+        for entry in journal.jobs():
+            spec = entry.spec
+            if entry.upload_seq is not None:
+                service.resume_upload(spec, entry.upload_seq)
+                self.log.info(
+                    "job %s: upload of its items resumes at batch %d (%d items so far)",
+                    spec.id,
+                    entry.upload_seq,
+                    spec.n_items,
+                )
+                continue
+            problem = entry.problem
+            if problem is None:
+                try:
+                    check_size(spec.n_items, spec.chunk_size)
+                    self._add(journal, entry)
+                except TaskfleetError as exc:
+                    problem = exc.what
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # MemoryError, a value no submit let through
+                    problem = f"{type(exc).__name__}: {_one_line(str(exc), 200)}"
+            if problem is not None:
+                self._load_failed(journal, entry, problem)
+                continue
+            st = self.board.job_status(spec.id)
+            if not _finished(st):
+                resumed += 1
+                self.log.info(
+                    "resumed job %s (%s): %d/%d chunks done",
+                    spec.id,
+                    spec.job,
+                    st["chunks"]["done"],
+                    spec.n_chunks,
+                )
+        return resumed
+
+    def _add(self, journal: Journal, entry: JournaledJob) -> None:
+        spec, state = entry.spec, entry.state
+        running = state == JobState.RUNNING
+        self.board.add_job(
+            spec,
+            () if state == JobState.DONE else journal.done_chunks(spec.id),
+            entry.duplicates,
+            state,
+            entry.error,
+            items_failed=entry.items_failed,
+            finished=entry.finished,
+            attempts=journal.attempts(spec.id) if running else None,
+        )
+
+    def _load_failed(self, journal: Journal, entry: JournaledJob, problem: str) -> None:
+        """List a job the master could not load as failed, with the reason (journaled once:
+        a job that failed already keeps its error, and is not reported again)."""
+        error = entry.error or problem
+        if entry.state != JobState.FAILED:
+            error = _one_line(f"the master could not load this job: {problem}")
+            self.log.error(
+                "job %s cannot be loaded (%s); it is marked failed", entry.spec.id, problem
+            )
+            journal.set_state(entry.spec.id, JobState.FAILED, error)
+        self.board.add_job(
+            entry.spec,
+            (),
+            entry.duplicates,
+            JobState.FAILED,
+            error,
+            finished=time.time(),
+            held=False,
+        )
+
     def _board_handle(self) -> BoardService:
         """The registered ``get_board`` callable: a bound method, never pickled."""
         assert self.service is not None
         return self.service
 
     def _cleanup(self) -> None:
+        """Release the journal (its lock, a temporary one's folder); the journal is closed."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 
@@ -982,6 +1404,11 @@ class Master:
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         self._stop.wait()
         self.log.info("master stopping")
+        self.close()
+        self.log.info("master stopped")
+
+    def close(self) -> None:
+        """Stop serving, close the journal, release its lock (after a successful start)."""
         assert self.server is not None and self.service is not None
         if self.web is not None:
             self.web.stop()
@@ -990,4 +1417,3 @@ class Master:
         self.server.stop()
         self.service.close()
         self._cleanup()
-        self.log.info("master stopped")

@@ -251,11 +251,14 @@ class Pool:
                 if key in self._held:
                     continue
                 data = jobs.chunk_data(lease.payload)
+                payload = lease.payload
+                if payload[0] == "pickled":  # unpickle once here, not in every piece
+                    payload = ("items", data)
                 timeout = float(lease.item_timeout or 0.0)
                 task = _Task(
                     key=key,
                     job=lease.job,
-                    payload=lease.payload,
+                    payload=payload,
                     data=data,
                     item_timeout=timeout,
                     stop_on_error=lease.on_error != OnError.SKIP,

@@ -23,6 +23,15 @@ Every method is safe to retry: a :class:`~taskfleet.manager.Session` resends a
 call on a new connection when the old one broke, so a method must give the
 same outcome when it arrives twice.
 
+Item lists travel in pieces (``open``, then ``append`` batch after batch, then
+``seal``): neither the client nor the master ever holds a job's whole item
+list, and a batch resent after a reconnect is recognised by its sequence
+number and not added twice. A job is not leased before it is sealed; an
+upload whose client stops sending is dropped after
+``defaults.UPLOAD_IDLE_TIMEOUT``. The master keeps the items in its journal,
+one value per chunk, and hands a chunk's items out as the pickled list it
+stored (``("pickled", bytes)``); a small list may come whole in ``submit``.
+
 ``PROTOCOL_VERSION`` changes whenever a method's arguments or a shape change;
 ``hello`` refuses a peer that speaks another version, in one line, before it
 does anything else.
@@ -34,13 +43,15 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import Any, Final, NamedTuple, NotRequired, Protocol, TypedDict
 
-PROTOCOL_VERSION: Final = 5
+PROTOCOL_VERSION: Final = 6
 """Version 1 was the first release (no hello version check); 2 adds it; 3 adds job control
 (per-item failures, retries, cancel, ordered fetch, job listing) and drops ``fail``; 4 adds
 the worker's job packages to ``hello`` and the job's code version to its spec and views;
 5 decodes every message with the restricted unpickler, adds ``result_types`` to the
 submit and job replies and the master's TLS to ``status`` (and TLS, which an older
-peer cannot speak)."""
+peer cannot speak); 6 streams item lists (``open``/``append``/``seal``, items stored per
+chunk, fetched with their results on request) and replaces ``SpecWire.items`` by
+``listed``."""
 
 BOARD_IDENT: Final = "board"
 """Identity of the board service object on every master (never released)."""
@@ -62,13 +73,20 @@ class Method(StrEnum):
     GOODBYE = "goodbye"  # (worker, chunks: [ChunkId]) -> int
 
     PING = "ping"  # () -> PingReply
-    # (job_id, job, chunk_size, start, stop, items, step, options: JobOptions) -> SubmitReply
+    # (job_id, job, chunk_size, start, stop, items, step, options: JobOptions) -> SubmitReply;
+    # items: None (a range job) or at most max(UPLOAD_BATCH_ITEMS, chunk_size) of them
     SUBMIT = "submit"
+    OPEN = "open"  # (job_id, job, chunk_size, options) -> UploadReply: an upload begins
+    # (job_id, seq, items) -> UploadReply: batch seq (0, 1, …) of whole chunks; a batch
+    # whose last chunk is short ends the items; a batch already received is not added again
+    APPEND = "append"
+    SEAL = "seal"  # (job_id, n_items) -> SubmitReply: the items are complete; the job runs
     JOB = "job"  # (job_id) -> (SpecWire, JobView)
     JOBS = "jobs"  # (limit) -> JobList, newest first
     WAIT = "wait"  # (job_id, wait) -> JobView, as soon as the job is finished or after wait s
-    FETCH = "fetch"  # (job_id, after_seq, max_items, wait) -> ([ResultRow], JobView): by seq
-    # (job_id, from_chunk, max_items, wait) -> ([ResultRow], JobView): by chunk index
+    # (job_id, after_seq, max_items, wait, items) -> ([ResultRow], JobView): by seq
+    FETCH = "fetch"
+    # (job_id, from_chunk, max_items, wait, items) -> ([ResultRow], JobView): by chunk index
     FETCH_ORDERED = "fetch_ordered"
     ERRORS = "errors"  # (job_id, limit) -> [ErrorView], oldest first
     CANCEL = "cancel"  # (job_id) -> JobView
@@ -125,7 +143,8 @@ class FailureKind(StrEnum):
 
 Payload = tuple[Any, ...]
 """A chunk's items: ``("range", start, stop)``, ``("range", start, stop, step)`` (the
-arguments of ``range()``) or ``("items", [item, ...])``."""
+arguments of ``range()``), ``("items", [item, ...])``, or ``("pickled", bytes)`` (the
+list as the master stores it, see :func:`taskfleet.jobs.chunk_data`)."""
 
 
 class ChunkId(NamedTuple):
@@ -185,7 +204,11 @@ class Result(NamedTuple):
 
 
 class ResultRow(NamedTuple):
-    """One journaled chunk, master → client; ``seq`` orders the stream and resumes it."""
+    """One journaled chunk, master → client; ``seq`` orders the stream and resumes it.
+
+    ``items`` is the chunk's items as the master stores them (a pickled list) when the
+    fetch asked for them and the job is an item-list job; None otherwise.
+    """
 
     seq: int
     chunk: int  # the chunk index within its job
@@ -193,6 +216,7 @@ class ResultRow(NamedTuple):
     host: str
     blob: bytes
     failed: int  # items of this chunk that failed (on_error="skip")
+    items: bytes | None = None
 
 
 class JobOptions(TypedDict):
@@ -206,7 +230,9 @@ class JobOptions(TypedDict):
 class SpecWire(TypedDict):
     """A submitted job as ``job`` returns it (``taskfleet.board.JobSpec`` on either end).
 
-    ``items`` is None for a range job over ``range(start, stop, step)``.
+    ``listed`` is None for a range job over ``range(start, stop, step)``; for an
+    item-list job it is the number of items (their values come with the results:
+    ``fetch``'s ``items`` flag).
     ``result_types`` (in the ``job`` reply): what the job declares its results
     may hold besides plain data, as "module:qualname"
     (:func:`taskfleet.jobs.result_types`).
@@ -218,7 +244,7 @@ class SpecWire(TypedDict):
     start: int
     stop: int
     step: int
-    items: list[Any] | None
+    listed: int | None
     created: float
     options: JobOptions
     code_version: str  # "<distribution> <version>" the master resolved the name to; "" unknown
@@ -256,6 +282,15 @@ class SubmitReply(TypedDict):
     n_chunks: int
     code_version: str  # as in SpecWire
     result_types: list[str]
+
+
+class UploadReply(TypedDict):
+    """Where an upload stands: the next batch the master expects (-1: the job is sealed
+    already, an ``open`` resent after a lost reply), and the items received so far."""
+
+    id: str
+    seq: int
+    n_items: int
 
 
 class ChunkCounts(TypedDict):
@@ -403,9 +438,15 @@ class StatusView(TypedDict):
 
 
 class Caller(Protocol):
-    """Anything that sends one call to the board and returns its value (a Session)."""
+    """Anything that sends one call to the board and returns its value (a Session).
 
-    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any: ...
+    ``timeout`` bounds one attempt; ``deadline`` (a ``time.monotonic()`` value) the
+    whole call, reconnects included: past it the call raises TimeoutError.
+    """
+
+    def call(
+        self, method: str, *args: Any, timeout: float | None = None, deadline: float | None = None
+    ) -> Any: ...
 
 
 def wire(items: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -443,8 +484,8 @@ class BoardStub:
         )
         return reply
 
-    def ping(self) -> PingReply:
-        reply: PingReply = self._caller.call(Method.PING.value)
+    def ping(self, *, deadline: float | None = None) -> PingReply:
+        reply: PingReply = self._caller.call(Method.PING.value, deadline=deadline)
         return reply
 
     # -- workers
@@ -502,6 +543,7 @@ class BoardStub:
         options: JobOptions | None = None,
         *,
         timeout: float | None = None,
+        deadline: float | None = None,
     ) -> SubmitReply:
         reply: SubmitReply = self._caller.call(
             Method.SUBMIT.value,
@@ -510,40 +552,109 @@ class BoardStub:
             chunk_size,
             start,
             stop,
-            items,
+            None if items is None else list(items),
             step,
             options,
             timeout=timeout,
+            deadline=deadline,
         )
         return reply
 
-    def job(self, job_id: str) -> tuple[SpecWire, JobView]:
-        spec, view = self._caller.call(Method.JOB.value, job_id)
+    def open(
+        self,
+        job_id: str,
+        job: str,
+        chunk_size: int,
+        options: JobOptions | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> UploadReply:
+        reply: UploadReply = self._caller.call(
+            Method.OPEN.value, job_id, job, chunk_size, options, deadline=deadline
+        )
+        return reply
+
+    def append(
+        self,
+        job_id: str,
+        seq: int,
+        items: Sequence[Any],
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> UploadReply:
+        reply: UploadReply = self._caller.call(
+            Method.APPEND.value, job_id, seq, list(items), timeout=timeout, deadline=deadline
+        )
+        return reply
+
+    def seal(self, job_id: str, n_items: int, *, deadline: float | None = None) -> SubmitReply:
+        reply: SubmitReply = self._caller.call(
+            Method.SEAL.value, job_id, n_items, deadline=deadline
+        )
+        return reply
+
+    def job(self, job_id: str, *, deadline: float | None = None) -> tuple[SpecWire, JobView]:
+        spec, view = self._caller.call(Method.JOB.value, job_id, deadline=deadline)
         return spec, view
 
     def jobs(self, limit: int) -> JobList:
         reply: JobList = self._caller.call(Method.JOBS.value, limit)
         return reply
 
-    def wait(self, job_id: str, wait: float, *, timeout: float) -> JobView:
-        view: JobView = self._caller.call(Method.WAIT.value, job_id, wait, timeout=timeout)
+    def wait(
+        self, job_id: str, wait: float, *, timeout: float, deadline: float | None = None
+    ) -> JobView:
+        view: JobView = self._caller.call(
+            Method.WAIT.value, job_id, wait, timeout=timeout, deadline=deadline
+        )
         return view
 
     def fetch(
-        self, job_id: str, after_seq: int, max_items: int, wait: float, *, timeout: float
+        self,
+        job_id: str,
+        after_seq: int,
+        max_items: int,
+        wait: float,
+        items: bool = False,
+        *,
+        timeout: float,
+        deadline: float | None = None,
     ) -> tuple[list[ResultRow], JobView]:
         rows, view = self._caller.call(
-            Method.FETCH.value, job_id, after_seq, max_items, wait, timeout=timeout
+            Method.FETCH.value,
+            job_id,
+            after_seq,
+            max_items,
+            wait,
+            items,
+            timeout=timeout,
+            deadline=deadline,
         )
-        return [ResultRow._make(r) for r in rows], view
+        return [ResultRow(*r) for r in rows], view
 
     def fetch_ordered(
-        self, job_id: str, from_chunk: int, max_items: int, wait: float, *, timeout: float
+        self,
+        job_id: str,
+        from_chunk: int,
+        max_items: int,
+        wait: float,
+        items: bool = False,
+        *,
+        timeout: float,
+        deadline: float | None = None,
     ) -> tuple[list[ResultRow], JobView]:
         rows, view = self._caller.call(
-            Method.FETCH_ORDERED.value, job_id, from_chunk, max_items, wait, timeout=timeout
+            Method.FETCH_ORDERED.value,
+            job_id,
+            from_chunk,
+            max_items,
+            wait,
+            items,
+            timeout=timeout,
+            deadline=deadline,
         )
-        return [ResultRow._make(r) for r in rows], view
+        return [ResultRow(*r) for r in rows], view
 
     def errors(self, job_id: str, limit: int) -> list[ErrorView]:
         reply: list[ErrorView] = self._caller.call(Method.ERRORS.value, job_id, limit)
@@ -553,6 +664,6 @@ class BoardStub:
         view: JobView = self._caller.call(Method.CANCEL.value, job_id)
         return view
 
-    def status(self) -> StatusView:
-        view: StatusView = self._caller.call(Method.STATUS.value)
+    def status(self, *, deadline: float | None = None) -> StatusView:
+        view: StatusView = self._caller.call(Method.STATUS.value, deadline=deadline)
         return view

@@ -28,14 +28,19 @@ def auto_chunk(count: int, expect_workers: int) -> int:
 
 
 def wait_for_workers(
-    client: Client, expect_workers: int, hosts: list[str], deadline: float
+    client: Client,
+    expect_workers: int,
+    hosts: list[str],
+    deadline: float,
+    call_deadline: float | None = None,
 ) -> list[str]:
     """Before submitting, wait (bounded) until the expected workers are connected.
 
-    Returns what is still missing at the deadline (empty: all there).
+    Returns what is still missing at ``deadline`` (empty: all there). Each status
+    call must be answered by ``call_deadline`` (TimeoutError).
     """
     while True:
-        st = client.status()
+        st = client.status(call_deadline)
         names = [w["name"] for w in st["workers"]]
         seen_hosts = {w["host"] for w in st["workers"]}
         problems = []
@@ -46,7 +51,7 @@ def wait_for_workers(
             problems.append(f"no worker connected from {', '.join(missing)}")
         if not problems or time.monotonic() >= deadline:
             return problems
-        time.sleep(0.5)
+        time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
 
 
 @dataclass
@@ -80,21 +85,34 @@ def run(
     chunk_size: int | None = None,
     timeout: float = defaults.SMOKE_TIMEOUT,
 ) -> SmokeReport:
-    """Wait for the workers (at most half the timeout), run squares over range(count), verify."""
+    """Wait for the workers (at most half the timeout), run squares over range(count), verify.
+
+    The whole run ends within ``timeout`` seconds (and a fraction), a master that
+    does not answer included: that is an error of the report. Raises TaskfleetError
+    when the job cannot be submitted (an unreachable master, a refusal).
+    """
     hosts = expect_hosts or []
     t_start = time.monotonic()
     deadline = t_start + timeout
+    call_deadline = deadline + defaults.DEADLINE_GRACE
     problems: list[str] = []
-    # Who is connected only decides when to start; the verdict is on results.
-    wait_for_workers(client, expect_workers, hosts, min(deadline, t_start + timeout / 2))
     size = chunk_size or auto_chunk(count, max(expect_workers, len(hosts)))
-    t0 = time.monotonic()
-    job = client.submit("squares", range(count), chunk_size=size)
+    try:
+        # Who is connected only decides when to start; the verdict is on results.
+        wait_for_workers(
+            client, expect_workers, hosts, min(deadline, t_start + timeout / 2), call_deadline
+        )
+        t0 = time.monotonic()
+        job = client.submit(
+            "squares", range(count), chunk_size=size, timeout=max(0.0, deadline - t0)
+        )
+    except TimeoutError as exc:
+        return _timed_out(count, size, timeout, time.monotonic() - t_start, exc)
     verified = wrong = 0
     workers: Counter[str] = Counter()
     by_host: Counter[str] = Counter()
     try:
-        remaining = max(1.0, deadline - time.monotonic())
+        remaining = max(0.0, deadline - time.monotonic())
         for chunk in job.chunks(ordered=False, timeout=remaining):
             n = len(chunk.items)
             bad = sum(1 for x, r in zip(chunk.items, chunk.results, strict=False) if r != x * x)
@@ -104,7 +122,7 @@ def run(
             workers[chunk.worker] += n
             by_host[chunk.host] += n
     except TimeoutError as exc:
-        problems.append(f"timed out after {timeout:g}s ({exc})")
+        problems.append(f"timed out after --timeout {timeout:g}s ({exc})")
     except TaskfleetError as exc:  # failed or cancelled
         problems.append(str(exc))
     seconds = time.monotonic() - t0
@@ -137,4 +155,25 @@ def run(
         items_per_s=round(verified / seconds, 1) if seconds > 0 else None,
         chunk_size=size,
         errors=errors,
+    )
+
+
+def _timed_out(
+    count: int, size: int, timeout: float, seconds: float, exc: TimeoutError
+) -> SmokeReport:
+    """The report of a run whose time ran out before its job was submitted."""
+    return SmokeReport(
+        ok=False,
+        job_id="",
+        count=count,
+        verified=0,
+        missing=count,
+        wrong=0,
+        duplicates=0,
+        workers={},
+        hosts={},
+        seconds=round(seconds, 3),
+        items_per_s=None,
+        chunk_size=size,
+        errors=[f"timed out after --timeout {timeout:g}s before the job ran ({exc})"],
     )

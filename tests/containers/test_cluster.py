@@ -168,6 +168,42 @@ def _forms(key_file: Path) -> list[bytes]:
     return forms
 
 
+def test_a_second_master_on_the_journal_volume_is_refused_and_journal_check_reads_it(
+    cluster: Cluster,
+) -> None:
+    """The lock works across containers (one kernel, one file), and the documented
+    recovery command runs from the image against the volume."""
+    journal = {f"{cluster.run_id}-journal": {"bind": "/var/lib/taskfleet", "mode": "rw"}}
+    second = cluster.client.containers.run(
+        cluster.images.master,  # the image's default command, on the same journal volume
+        name=f"{cluster.run_id}-second-master",
+        detach=True,
+        network=cluster.network,
+        volumes={**cluster.secret_mount(), **journal},
+        labels={**cluster.labels, "io.taskfleet.role": "master"},
+    )
+    assert second.wait(timeout=60)["StatusCode"] == 1
+    line = logs(second).strip().splitlines()[-1]
+    assert line.startswith(
+        "taskfleet: error: journal /var/lib/taskfleet/journal.db is in use by another master (pid "
+    ), line
+    assert " on host master, since " in line
+    assert _health(cluster.master) == "healthy", "the first master serves on"
+
+    check = cluster.client.containers.run(
+        cluster.images.master,
+        command=["journal", "check", "/var/lib/taskfleet/journal.db"],
+        name=f"{cluster.run_id}-journal-check",
+        detach=True,
+        volumes=journal,
+        labels={**cluster.labels, "io.taskfleet.role": "client"},
+    )
+    assert check.wait(timeout=60)["StatusCode"] == 0, logs(check)
+    out = _stdout_lines(check)
+    assert out[0].startswith("/var/lib/taskfleet/journal.db: a taskfleet journal, ")
+    assert out[0].endswith("— intact") and out[1].startswith("  in use by a master (pid ")
+
+
 def test_no_authkey_bytes_in_inspect_history_or_logs(cluster: Cluster) -> None:
     assert _KEYS, "runs after the tests that used the keys"
     label = f"label=io.taskfleet.test={cluster.run_id}"

@@ -300,8 +300,8 @@ def test_submit_refuses_unknown_jobs_and_bad_items(cluster: Cluster, tmp_path: P
     r = cluster.client("submit", "squares", "--items-file", str(items))
     assert r.returncode == 2
     assert r.stderr == (
-        "taskfleet: error: squares: item 3 ('three') is not a number"
-        " — give squares integers, one per line in the items file\n"
+        "taskfleet: error: squares: item 3 ('three') is a str, not an integer"
+        " — give squares whole numbers, one per line in the items file\n"
     )
     assert cluster.status()["jobs"] == [], "nothing was created"
 

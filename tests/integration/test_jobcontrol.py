@@ -556,7 +556,7 @@ def test_a_range_with_a_step_is_sent_as_a_range(cluster: Cluster) -> None:
     with connect(cluster) as client:
         items = range(10**12, 10**12 - 30, -3)
         job = client.submit("squares", items, chunk_size=4)
-        assert job.spec.items is None and job.spec.step == -3
+        assert job.spec.listed is None and job.spec.step == -3
         assert job.result(timeout=60) == [x * x for x in items]
         assert sorted(client.map("squares", iter([3, 1, 2]), ordered=False)) == [1, 4, 9]
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from taskfleet import __version__
-from taskfleet.errors import ProtocolMismatch
+from taskfleet.errors import BadJobArguments, ProtocolMismatch, RemoteError
 from taskfleet.manager import Session
 from taskfleet.master import Master
 from taskfleet.protocol import (
@@ -49,9 +49,7 @@ def master(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Master]
     try:
         yield m
     finally:
-        assert m.server is not None and m.service is not None
-        m.server.stop()
-        m.service.close()
+        m.close()
 
 
 def _address(m: Master) -> tuple[str, int]:
@@ -142,11 +140,20 @@ def test_every_reply_is_plain_data_and_the_stub_rebuilds_the_shapes(master: Mast
     failed = Result("jf", 0, pickle.dumps([0]), 1, [ItemFailure(3, "exception", "E", "m", "3", "")])
     assert _globals_in(failed.to_wire()) == [], "a failed result is sent as plain data"
     replies["exchange failed"] = service.exchange("w1", "hostA", [failed.to_wire()], 0, 0, [])
+    replies["open"] = service.open("ju", "squares", 2, None)
+    replies["append"] = service.append("ju", 0, [6, 7, 8])
+    replies["seal"] = service.seal("ju", 3)
+    replies["lease stored items"] = stored = service.lease("w1", 10)
+    items = {
+        (job, chunk): pickle.loads(p[1]) for job, chunk, _, p, *_ in stored if p[0] == "pickled"
+    }
+    assert items == {("ju", 0): [6, 7], ("ju", 1): [8]}, "as stored, per chunk"
     replies["job"] = service.job("ji")
     replies["jobs"] = service.jobs(10)
     replies["wait"] = service.wait("jr", 0.0)
     replies["fetch"] = service.fetch("jr", 0, 1000, 0.0)
     replies["fetch ordered"] = service.fetch_ordered("jr", 0, 1000, 0.0)
+    replies["fetch with items"] = service.fetch_ordered("ji", 0, 1000, 0.0, True)
     replies["errors"] = service.errors("jf", 10)
     replies["cancel"] = service.cancel("ji")
     replies["status"] = service.status()
@@ -200,3 +207,42 @@ def test_python_dash_m_taskfleet_is_the_command_line() -> None:
         "taskfleet: error: no master address given"
         " — pass --master HOST:PORT or --profile PATH, or set TASKFLEET_MASTER"
     )
+
+
+def test_an_unexpected_failure_in_the_master_reaches_the_client_with_its_reason(
+    master: Master, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Never "see the master's log" for a log that is empty: the client's line carries the
+    exception, and the master's log has its traceback."""
+    assert master.service is not None
+    master.service.submit("jr", "squares", 10, 0, 25)
+    session = Session(_address(master), KEY, "client", timeout=5)
+    try:
+        with pytest.raises(RemoteError) as err:
+            session.call(Method.FETCH.value, "jr", 0, "many", 0.0)
+    finally:
+        session.close()
+    assert str(err.value) == (
+        "the master failed on fetch: TypeError: unsupported operand type(s) for //: 'str' and"
+        " 'int' — a bug or a damaged journal; the master's log has the traceback"
+    )
+    assert "fetch from 127.0.0.1:" in caplog.text and "Traceback (most recent call last)" in (
+        caplog.text
+    )
+
+
+def test_an_upload_batch_resent_after_a_lost_reply_is_not_added_twice(master: Master) -> None:
+    session = Session(_address(master), KEY, "uploader", timeout=5)
+    try:
+        stub = BoardStub(session)
+        assert stub.open("u1", "squares", 2)["seq"] == 0
+        assert stub.append("u1", 0, [1, 2, 3, 4]) == {"id": "u1", "seq": 1, "n_items": 4}
+        assert stub.append("u1", 0, [1, 2, 3, 4]) == {"id": "u1", "seq": 1, "n_items": 4}
+        assert stub.open("u1", "squares", 2)["seq"] == 1, "a resent open says where it is"
+        assert stub.append("u1", 1, [5])["n_items"] == 5
+        with pytest.raises(BadJobArguments, match="got items after a short chunk"):
+            stub.append("u1", 2, [6])
+    finally:
+        session.close()
+    assert master.service is not None
+    assert master.service.status()["jobs"] == [], "the refused upload is gone"

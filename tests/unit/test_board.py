@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from taskfleet.board import Board, JobSpec
+from taskfleet.board import STORED, Board, JobSpec, check_size
+from taskfleet.errors import BadJobArguments
 from taskfleet.protocol import ChunkId, JobState
 
 
@@ -62,14 +63,46 @@ def test_range_job_is_split_into_chunks_of_chunk_size() -> None:
         ("range", 1000, 2000),
         ("range", 2000, 2500),
     ]
-    assert list(spec.chunk_items(2)) == list(range(2000, 2500))
+    assert list(spec.chunk_range(2)) == list(range(2000, 2500))
 
 
-def test_items_job_chunks_carry_their_items() -> None:
-    spec = JobSpec("j", "squares", 2, items=[5, 6, 7])
-    assert spec.n_chunks == 2
-    assert spec.payload(0) == ("items", [5, 6])
-    assert spec.payload(1) == ("items", [7])
+def test_item_list_chunks_are_handed_out_for_the_master_to_fill_in() -> None:
+    """The board holds no items: the master loads a chunk's items from the journal."""
+    spec = JobSpec("j", "squares", 2, listed=3)
+    assert (spec.n_items, spec.n_chunks) == (3, 2)
+    assert spec.payload(0) == spec.payload(1) == STORED
+    assert spec.bounds(1) == (2, 3)
+    with pytest.raises(ValueError, match="item-list job"):
+        spec.chunk_range(0)
+
+
+def test_a_job_larger_than_the_master_holds_is_refused_with_a_chunk_size_that_fits() -> None:
+    check_size(10**9, 1000)  # 1,000,000 chunks: fine
+    with pytest.raises(BadJobArguments) as err:
+        check_size(10**11, 1000)
+    assert str(err.value) == (
+        "100,000,000,000 items in chunks of 1,000 make 100,000,000 chunks; a job has at most"
+        " 10,000,000 (the master keeps one bit per chunk) — use --chunk-size 10000 or more,"
+        " or split the job"
+    )
+    with pytest.raises(BadJobArguments) as err:
+        check_size(10**15, 1000)
+    assert str(err.value).endswith("— split it into jobs of at most 100,000,000,000,000 items")
+
+
+def test_a_job_the_master_could_not_load_is_listed_failed_without_its_chunks(
+    make_board: MakeBoard,
+) -> None:
+    board = make_board(10)
+    huge = JobSpec("huge", "squares", 1000, 0, 10**15)
+    board.add_job(huge, (), 0, JobState.FAILED, "cannot be loaded: too large", held=False)
+    view = board.job_status("huge")
+    assert view["state"] == "failed" and view["error"] == "cannot be loaded: too large"
+    assert view["items_total"] == 10**15
+    assert view["chunks"] == {"pending": 0, "leased": 0, "done": 0}
+    assert board.lease("w1", 5) == [] and not board.is_chunk_done("huge", 0)
+    with pytest.raises(ValueError, match="only a failed job"):
+        board.add_job(range_job("x"), held=False)
 
 
 def test_one_lease_call_hands_out_several_chunks(clock: Clock, make_board: MakeBoard) -> None:
@@ -261,7 +294,7 @@ def test_random_operations_keep_every_invariant_and_finish_every_chunk(
     rng = random.Random(20261203)
     board = make_board(10)
     board.add_job(range_job("a", n=50_000, chunk=1000))
-    board.add_job(JobSpec("b", "squares", 3, items=list(range(100))), done=[0, 5, 7])
+    board.add_job(JobSpec("b", "squares", 3, listed=100), done=[0, 5, 7])
     held: dict[str, list[ChunkId]] = {"w1": [], "w2": [], "w3": []}
     accepted: list[ChunkId] = []
     for _ in range(3000):
@@ -484,7 +517,7 @@ def test_a_stepped_range_job_is_sent_as_ranges(clock: Clock, make_board: MakeBoa
     spec = JobSpec("s", "squares", 3, 10, 0, step=-2)
     assert spec.n_items == 5 and spec.n_chunks == 2
     assert [spec.payload(i) for i in range(2)] == [("range", 10, 4, -2), ("range", 4, 0, -2)]
-    assert list(spec.chunk_items(1)) == [4, 2]
+    assert list(spec.chunk_range(1)) == [4, 2]
 
 
 def test_random_failures_and_cancels_keep_every_invariant(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import fnmatch
+import io
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from taskfleet import authkey
-from taskfleet.cli import main
+from taskfleet import authkey, cli, defaults
+from taskfleet.cli import error_line, main
+from taskfleet.errors import TaskfleetError
+from taskfleet.journal import Journal
 
 
 @pytest.fixture
@@ -84,6 +88,7 @@ def test_master_unreachable_gives_up_after_the_timeout_and_status_exits_2(
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    t0 = time.monotonic()
     code, err = run(
         capsys,
         "status",
@@ -94,11 +99,14 @@ def test_master_unreachable_gives_up_after_the_timeout_and_status_exits_2(
         "--connect-timeout",
         "1",
     )
+    took = time.monotonic() - t0
     assert code == 2  # status: 0 healthy, 1 degraded, 2 unreachable
     assert err == (
-        f"taskfleet: error: cannot reach the master at 127.0.0.1:{port} (connection refused)"
+        f"taskfleet: error: cannot reach the master at 127.0.0.1:{port} within the connect"
+        " timeout (1s): connection refused"
         " — check that the master runs there, the address and port, and the firewall"
     )
+    assert 0.9 <= took < 2.0, f"kept trying for the whole timeout, not more: {took:.2f}s"
 
 
 def test_port_in_use(
@@ -257,3 +265,114 @@ def test_bad_job_control_options_are_one_line_usage_errors(
 ) -> None:
     code, err = run(capsys, *argv, "--authkey-file", key)
     assert code == 2 and fnmatch.fnmatchcase(err, f"taskfleet: error: {message}"), err
+
+
+def test_every_error_line_is_bounded_and_keeps_what_to_do(
+    capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    """The printer bounds every line (5,000 characters of input here) and keeps the fix."""
+    code, err = run(capsys, "status", "--master", "h" * 5000, "--authkey-file", key)
+    assert code == 2
+    assert len(err) == defaults.MAX_ERROR_LINE
+    assert err.startswith("taskfleet: error: malformed --master 'hhhh")
+    assert err.endswith("h… — use HOST:PORT, e.g. --master 10.0.0.1:7451")
+
+
+def test_an_error_line_is_one_line_however_the_error_is_written() -> None:
+    line = error_line(TaskfleetError("first\nsecond\n\tthird " + "x" * 1000, "do\nthis"))
+    assert "\n" not in line and len(line) == defaults.MAX_ERROR_LINE
+    assert line.startswith("taskfleet: error: first second third xxx") and line.endswith(
+        "… — do this"
+    )
+    assert error_line(TaskfleetError("short", "fix")) == "taskfleet: error: short — fix"
+    long_fix = error_line(TaskfleetError("what", "f" * 1000))
+    assert len(long_fix) <= defaults.MAX_ERROR_LINE and long_fix.startswith(
+        "taskfleet: error: what — fff"
+    )
+
+
+def _submit_file(capsys: pytest.CaptureFixture[str], key: str, path: Path) -> tuple[int, str]:
+    # No master needed: the items file is read (and refused) before anything is sent.
+    return run(
+        capsys, "submit", "squares", "--items-file", str(path), "--master", "h:1",
+        "--authkey-file", key,
+    )  # fmt: skip
+
+
+def test_an_integer_too_long_for_an_items_file_is_refused_for_its_size(
+    capsys: pytest.CaptureFixture[str], key: str, tmp_path: Path
+) -> None:
+    items = tmp_path / "items.txt"
+    items.write_text("1\n\n" + "9" * (defaults.MAX_INT_DIGITS + 1) + "\n")
+    assert _submit_file(capsys, key, items) == (
+        2,
+        f"taskfleet: error: items file {items}, line 3: an integer of 100,001 digits;"
+        " an items file may hold integers of at most 100,000 — split such numbers,"
+        " or submit them from Python (taskfleet.connect)",
+    )
+
+
+def test_an_items_file_that_is_not_text_or_holds_nothing_is_refused(
+    capsys: pytest.CaptureFixture[str], key: str, tmp_path: Path
+) -> None:
+    binary = tmp_path / "items.bin"
+    binary.write_bytes(b"1\n2\n\xff\xfe\x00\n")
+    assert _submit_file(capsys, key, binary) == (
+        2,
+        f"taskfleet: error: cannot read items file {binary}: line 3 is not UTF-8 text"
+        " — give a text file with one item per line",
+    )
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n")
+    assert _submit_file(capsys, key, blank) == (
+        2,
+        f"taskfleet: error: items file {blank} holds no items — put one item per line",
+    )
+
+
+def test_items_file_lines_read_as_json_values_or_words() -> None:
+    lines = ["7", "-12", "007", "2.5", "1e400", '"s"', "[1, 2]", "word here", "9" * 5000]
+    items = list(cli._parse_items("f", io.BytesIO("\n".join(lines).encode())))
+    assert items[:3] == [7, -12, "007"], "JSON's rules: a leading zero makes a word"
+    assert items[3] == 2.5 and items[4] == float("inf") and items[5:8] == ["s", [1, 2], "word here"]
+    assert items[8] == int("9" * 5000), "a 5,000-digit integer is an integer"
+
+
+def test_a_master_whose_journal_directory_is_missing_changes_nothing(
+    capsys: pytest.CaptureFixture[str], key: str, tmp_path: Path
+) -> None:
+    journal = tmp_path / "nope" / "j.db"
+    with socket.socket() as s:  # a free port: the master binds it, then finds no journal
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    code, err = run(
+        capsys, "master", "--bind", "127.0.0.1", "--port", port, "--authkey-file", key,
+        "--journal", str(journal),
+    )  # fmt: skip
+    assert code == 1
+    assert err == (
+        f"taskfleet: error: cannot create the journal's lock file {journal}.lock:"
+        " No such file or directory — give a --journal path in a writable directory"
+    )
+    assert not (tmp_path / "nope").exists()
+
+
+def test_journal_commands_refuse_a_missing_file_and_an_existing_output(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "gone.db"
+    assert run(capsys, "journal", "check", str(missing)) == (
+        2,
+        f"taskfleet: error: cannot read {missing}: No such file or directory"
+        " — give the path of a journal file",
+    )
+    journal = tmp_path / "j.db"
+    Journal(str(journal)).close()
+    taken = tmp_path / "out.jsonl"
+    taken.write_text("keep me")
+    assert run(capsys, "journal", "export", str(journal), "--output", str(taken)) == (
+        2,
+        f"taskfleet: error: cannot create {taken}: File exists"
+        " — give a new file in a writable directory (an existing one is never replaced)",
+    )
+    assert taken.read_text() == "keep me"

@@ -45,13 +45,31 @@ def test_unknown_jobs_are_refused_with_the_valid_names(name: str, detail: str) -
     )
 
 
-def test_squares_refuses_items_that_are_not_numbers() -> None:
-    jobs.validate("squares", [1, 2.5, 3])
+def test_squares_takes_integers_of_any_size() -> None:
+    jobs.validate("squares", [1, -2, 0, 10**5000, 2**64])
+
+
+@pytest.mark.parametrize(
+    ("item", "shown", "kind"),
+    [
+        (2.5, "2.5", "float"),
+        (float("nan"), "nan", "float"),
+        (float("inf"), "inf", "float"),  # what JSON's 1e400 reads as
+        (True, "True", "bool"),
+        ("x", "'x'", "str"),
+        ("7" * 500, "'" + "7" * 58 + "…", "str"),
+        (None, "None", "NoneType"),
+        ([1], "[1]", "list"),
+    ],
+)
+def test_squares_refuses_every_item_that_is_not_an_integer(
+    item: Any, shown: str, kind: str
+) -> None:
     with pytest.raises(BadJobArguments) as err:
-        jobs.validate("squares", [1, "x"])
+        jobs.validate("squares", [1, 2, item, 4], offset=10)
     assert str(err.value) == (
-        "squares: item 2 ('x') is not a number"
-        " — give squares integers, one per line in the items file"
+        f"squares: item 13 ({shown}) is a {kind}, not an integer"
+        " — give squares whole numbers, one per line in the items file"
     )
 
 
@@ -178,7 +196,9 @@ def test_a_job_name_the_worker_cannot_resolve_fails_every_item() -> None:
 
 def test_error_texts_are_bounded() -> None:
     assert len(jobs.safe_repr("x" * 10_000)) == defaults.ERROR_ITEM_CHARS
-    assert jobs.safe_repr(10**5000).startswith("<int object (repr failed: ValueError)")
+    assert jobs.safe_repr(10**5000) == "<int of 5,001 digits>", "named by its size, not converted"
+    assert jobs.safe_repr(-(10**5000) + 1) == "<negative int of 5,000 digits>"
+    assert jobs.safe_repr(2**100) == "1267650600228229401496703205376", "short ones are shown"
 
     class Broken:
         def __repr__(self) -> str:

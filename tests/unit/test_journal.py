@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import random
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from taskfleet.board import Board, JobSpec
-from taskfleet.errors import JournalError
+from taskfleet.errors import JournalDamaged, JournalError
 from taskfleet.journal import DoneRow, ErrorRow, Journal
 from taskfleet.protocol import JobState
 
@@ -18,9 +19,9 @@ def test_jobs_and_results_survive_a_reopen(tmp_path: Path) -> None:
     path = str(tmp_path / "j.db")
     j = Journal(path)
     ranged = JobSpec("r1", "squares", 1000, 0, 2500, created=1.0, code_version="taskfleet 0.2.0")
-    listed = JobSpec("i1", "squares", 2, items=[3, 4, 5], created=2.0)
+    listed = JobSpec("i1", "squares", 2, listed=3, created=2.0)
     j.add_job(ranged)
-    j.add_job(listed)
+    j.add_job(listed, [pickle.dumps([3, 4]), pickle.dumps([5])])
     j.record_done([("r1", 1, "w1", "hostA", pickle.dumps([1, 2]))], {"r1": 2})
     j.set_state("i1", JobState.FAILED, "boom")
     j.close()
@@ -32,10 +33,14 @@ def test_jobs_and_results_survive_a_reopen(tmp_path: Path) -> None:
         ("i1", "failed", "boom", 0),
     ]
     assert jobs[0][0] == ranged
-    assert list(jobs[1][0].items or []) == [3, 4, 5]
+    assert jobs[1][0] == listed
+    stored = j.chunk_items("i1", [0, 1, 2])
+    assert {c: pickle.loads(b) for c, b in stored.items()} == {0: [3, 4], 1: [5]}
     assert list(j.done_chunks("r1")) == [1]
     rows = j.fetch("r1", 0, 10_000, 1000)
-    assert [(c, w, h, pickle.loads(b)) for _, c, w, h, b, _ in rows] == [(1, "w1", "hostA", [1, 2])]
+    assert [(r.chunk, r.worker, r.host, pickle.loads(r.blob)) for r in rows] == [
+        (1, "w1", "hostA", [1, 2])
+    ]
     assert j.fetch("r1", rows[0][0], 10_000, 1000) == []
     j.close()
 
@@ -181,3 +186,152 @@ def test_pruning_deletes_a_job_in_batches_and_gives_the_space_back(tmp_path: Pat
     assert free == 0 and pages_after < pages_before / 5, (pages_before, pages_after)
     assert [r.chunk for r in j.fetch("kept", 0, 100, 10)] == [0]
     j.close()
+
+
+def test_an_upload_is_journaled_batch_by_batch_and_resumes_after_a_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "j.db")
+    j = Journal(path)
+    spec = JobSpec("u1", "squares", 2, listed=0, created=1.0)
+    j.open_upload(spec)
+    j.append_upload("u1", 0, 0, [pickle.dumps([1, 2]), pickle.dumps([3, 4])], 4)
+    with pytest.raises(JournalError, match="not at batch 0"):
+        j.append_upload("u1", 0, 0, [pickle.dumps([9, 9])], 6)  # a resent batch adds nothing
+    j.close()
+
+    j = Journal(path)
+    (job,) = j.jobs()
+    assert (job.upload_seq, job.spec.listed, job.problem) == (1, 4, None)
+    j.append_upload("u1", 1, 2, [pickle.dumps([5])], 5)
+    j.seal_upload("u1")
+    (job,) = j.jobs()
+    assert (job.upload_seq, job.state, job.spec.n_items, job.spec.n_chunks) == (
+        None,
+        JobState.RUNNING,
+        5,
+        3,
+    )
+    stored = j.chunk_items("u1", [0, 1, 2])
+    assert [pickle.loads(stored[c]) for c in range(3)] == [[1, 2], [3, 4], [5]]
+    j.close()
+
+
+def test_results_can_be_fetched_with_their_chunks_items(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "j.db"))
+    j.add_job(JobSpec("i1", "squares", 2, listed=3), [pickle.dumps([3, 4]), pickle.dumps([5])])
+    j.record_done([DoneRow("i1", 1, "w", "h", pickle.dumps([25]))])
+    (row,) = j.fetch("i1", 0, 100, 2, items=True)
+    assert (row.chunk, pickle.loads(row.blob), pickle.loads(row.items or b"")) == (1, [25], [5])
+    (row,) = j.fetch_ordered("i1", 1, 100, 2, items=True)
+    assert pickle.loads(row.items or b"") == [5]
+    assert j.fetch("i1", 0, 100, 2)[0].items is None, "only when asked for"
+    j.close()
+
+
+def test_pruning_an_item_list_job_deletes_its_stored_items_too(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "j.db"))
+    j.add_job(JobSpec("i1", "squares", 1, listed=5), [pickle.dumps([k]) for k in range(5)])
+    steps = 0
+    while not j.delete_job_step("i1", batch=2):
+        steps += 1
+    assert steps == 3 and j.jobs() == [] and j.chunk_items("i1", [0, 4]) == {}
+    j.close()
+
+
+def _old_journal(path: Path, *rows: tuple[str, bytes | None, str]) -> None:
+    """A journal as a version-2 master wrote it: ``rows`` are (id, items blob, state)."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+        for job_id, items, state in rows:
+            conn.execute(
+                "INSERT INTO jobs (id, job, chunk_size, start, stop, items, created, state)"
+                " VALUES (?, 'squares', 2, 0, 0, ?, 1.0, ?)",
+                (job_id, items, state),
+            )
+    conn.close()
+
+
+def test_an_older_journals_item_lists_move_into_one_row_per_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _old_journal(path, ("i1", pickle.dumps([3, 4, 5]), "running"))
+    j = Journal(str(path))
+    (job,) = j.jobs()
+    assert (job.spec.listed, job.spec.n_chunks, job.problem) == (3, 2, None)
+    stored = j.chunk_items("i1", [0, 1])
+    assert [pickle.loads(stored[c]) for c in (0, 1)] == [[3, 4], [5]]
+    j.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT items, listed FROM jobs").fetchone() == (None, 3)
+    conn.close()
+
+
+def test_a_job_whose_row_cannot_be_loaded_is_reported_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _old_journal(
+        path,
+        ("bad-items", b"\x80\x05not a pickle", "running"),
+        ("bad-state", None, "sideways"),
+        ("good", pickle.dumps([1]), "done"),
+    )
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, job, chunk_size, start, stop, created)"
+            " VALUES ('no-chunks', 'squares', 0, 0, 10, 2.0)"
+        )
+    conn.close()
+    j = Journal(str(path))
+    loaded = {job.spec.id: job.problem for job in j.jobs()}
+    assert loaded["good"] is None
+    assert loaded["bad-items"] is not None and loaded["bad-items"].startswith(
+        "its items cannot be read (UnpicklingError: "
+    )
+    assert loaded["bad-state"] == "its journal row is invalid ('sideways' is not a valid JobState)"
+    assert loaded["no-chunks"] == "its chunk size 0 is below 1"
+    j.close()
+
+
+def _refused(path: Path) -> str:
+    with pytest.raises(JournalDamaged) as err:
+        Journal(str(path))
+    return str(err.value)
+
+
+FIX = (
+    " — move it and its -wal/-shm files aside, then start again;"
+    " taskfleet journal check FILE tells what is recoverable"
+)
+
+
+def test_a_file_of_random_bytes_is_refused_in_one_line_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    data = random.Random(7).randbytes(20_000)
+    path.write_bytes(data)
+    assert _refused(path) == (
+        f"journal {path} is not a taskfleet journal (file is not a database)" + FIX
+    )
+    assert path.read_bytes() == data
+
+
+def test_someone_elses_sqlite_database_is_refused_and_not_changed(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.execute("INSERT INTO users VALUES ('ada')")
+    conn.close()
+    before = path.read_bytes()
+    assert _refused(path) == (
+        f"journal {path} is not a taskfleet journal (an SQLite database with the tables users)"
+        + FIX
+    )
+    assert path.read_bytes() == before, "no table added, not switched to WAL"
+    assert not (tmp_path / "app.db-wal").exists()
+
+
+def test_a_truncated_journal_is_refused_as_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    j = Journal(str(path))
+    j.add_job(JobSpec("r1", "squares", 10, 0, 100_000))
+    j.record_done([DoneRow("r1", i, "w", "h", b"r" * 3000) for i in range(500)])
+    j.close()  # the last connection checkpoints the WAL into the file
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+    assert _refused(path) == f"journal {path} is damaged (database disk image is malformed)" + FIX
