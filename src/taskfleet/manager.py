@@ -320,6 +320,24 @@ class BoardManager(managers.BaseManager):
 BoardManager.register(BOARD_TYPEID)
 
 
+def _listener(address: tuple[str, int], backlog: int = 1) -> mpc.Listener:
+    """A stock Listener whose socket family follows the bind address.
+
+    ``Listener`` derives the family of a ``(host, port)`` tuple as AF_INET
+    whatever the host, so an IPv6 bind address fails with "address family not
+    supported"; given explicitly, AF_INET6 works (SocketListener takes any
+    family ``socket`` knows).
+    """
+    family = "AF_INET6" if ":" in address[0] else "AF_INET"
+    return mpc.Listener(address, family, backlog)
+
+
+# managers.Server picks its listener by serializer name; ours differs from "pickle"
+# only in the listener (same Client, same pickling).
+_SERIALIZER = "taskfleet-pickle"
+managers.listener_client.setdefault(_SERIALIZER, (_listener, mpc.Client))  # type: ignore[attr-defined]
+
+
 class TaskfleetServer(managers.Server):
     """A manager server with guarded, logged handshakes, plain or TLS. See the module docstring."""
 
@@ -341,7 +359,7 @@ class TaskfleetServer(managers.Server):
         self._tls = tls.context(server_side=True) if tls is not None else None
         # The callable is a bound method run in this process: never pickled.
         registry: dict[str, Any] = {BOARD_TYPEID: (board_factory, exposed, None, None)}
-        super().__init__(registry, address, authkey, "pickle")
+        super().__init__(registry, address, authkey, _SERIALIZER)
         self._board_factory = board_factory
         self._exposed = exposed
         self.public = list(_PUBLIC)

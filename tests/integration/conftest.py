@@ -107,6 +107,7 @@ class Cluster:
     def __init__(self, tmp: Path, tls: bool = False) -> None:
         self.tmp = tmp
         self.port = free_port()
+        self.bind = "127.0.0.1"
         self.address = f"127.0.0.1:{self.port}"
         self.key = tmp / "authkey"
         self.env = cli_env()
@@ -133,7 +134,7 @@ class Cluster:
         args = [
             "master",
             "--bind",
-            "127.0.0.1",
+            self.bind,
             "--port",
             str(self.port),
             "--authkey-file",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -349,3 +350,18 @@ def test_graceful_master_restart_under_many_small_fetches(cluster: Cluster, tmp_
     report = json.loads(out.strip().splitlines()[-1])
     assert report["ok"] and report["verified"] == n
     assert report["missing"] == 0 and report["wrong"] == 0
+
+
+def test_a_master_bound_to_an_ipv6_address_serves_workers_there_and_only_there(
+    cluster: Cluster,
+) -> None:
+    cluster.bind, cluster.address = "::1", f"[::1]:{cluster.port}"
+    master = cluster.master()
+    assert f"listening on [::1]:{cluster.port}" in master.text()
+    cluster.worker("w6", "--host-label", "v6host")
+    r = cluster.client("smoke", "--count", "2000", "--expect-hosts", "v6host", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["verified"] == 2000
+    # the IPv6 bind address alone: nothing listens on the IPv4 loopback
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", cluster.port), timeout=2).close()
