@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from taskfleet.address import format_hostport
 from taskfleet.ops.commands import LABEL_INVENTORY_HOST, LABEL_ROLE, worker_index
 from taskfleet.ops.inventory import Inventory
 
@@ -119,8 +120,8 @@ def master_address(inv: Inventory, containers: Sequence[Container]) -> str:
             port = _arg(c.args, "--port")
             if bind in (None, "", "0.0.0.0", "::"):  # noqa: S104 — reading, not binding
                 bind = inv.master_bind
-            return f"{bind}:{port or inv.master_port}"
-    return f"{inv.master_bind}:{inv.master_port}"
+            return format_hostport(bind, int(port or inv.master_port))
+    return format_hostport(inv.master_bind, inv.master_port)
 
 
 TLS_FLAGS = ("--tls-ca", "--tls-cert", "--tls-key")
