@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 def error_line(error: BaseException | str) -> str:
     """``taskfleet: error: <what> — <fix>`` on one line of at most ``MAX_ERROR_LINE``
     characters: whitespace runs (newlines too) become one space, and a long *what* is
-    cut (…) so that the *what to do* stays whole."""
+    cut in the middle (…) — its start says what failed, its end usually why — so that
+    the *what to do* stays whole."""
     prefix = "taskfleet: error: "
     what, fix = (error.what, error.fix) if isinstance(error, TaskfleetError) else (str(error), "")
     what, fix = " ".join(str(what).split()), " ".join(str(fix).split())
@@ -44,9 +45,16 @@ def error_line(error: BaseException | str) -> str:
     if fix:
         fix = fix if len(fix) <= most // 2 else fix[: most // 2 - 1] + "…"
         room = most - len(fix) - 3  # " — "
-        what = what if len(what) <= room else what[: room - 1] + "…"
-        return f"{prefix}{what} — {fix}"
-    return prefix + (what if len(what) <= most else what[: most - 1] + "…")
+        return f"{prefix}{_cut(what, room)} — {fix}"
+    return prefix + _cut(what, most)
+
+
+def _cut(text: str, most: int) -> str:
+    """``text``, or its first and last parts around "…" in ``most`` characters."""
+    if len(text) <= most:
+        return text
+    tail = (most - 1) * 2 // 5
+    return text[: most - 1 - tail] + "…" + text[len(text) - tail :]
 
 
 def _print_error(error: BaseException | str) -> None:

@@ -275,15 +275,17 @@ def test_every_error_line_is_bounded_and_keeps_what_to_do(
     assert code == 2
     assert len(err) == defaults.MAX_ERROR_LINE
     assert err.startswith("taskfleet: error: malformed --master 'hhhh")
-    assert err.endswith("h… — use HOST:PORT, e.g. --master 10.0.0.1:7451")
+    assert err.endswith("hhh' — use HOST:PORT, e.g. --master 10.0.0.1:7451")
+    assert err.count("…") == 1  # cut in the middle: the start and the end of the what stay
 
 
 def test_an_error_line_is_one_line_however_the_error_is_written() -> None:
     line = error_line(TaskfleetError("first\nsecond\n\tthird " + "x" * 1000, "do\nthis"))
     assert "\n" not in line and len(line) == defaults.MAX_ERROR_LINE
     assert line.startswith("taskfleet: error: first second third xxx") and line.endswith(
-        "… — do this"
+        "xxx — do this"
     )
+    assert "…" in line
     assert error_line(TaskfleetError("short", "fix")) == "taskfleet: error: short — fix"
     long_fix = error_line(TaskfleetError("what", "f" * 1000))
     assert len(long_fix) <= defaults.MAX_ERROR_LINE and long_fix.startswith(
