@@ -266,9 +266,10 @@ RATE_WINDOW: Final = 5.0
 """Seconds over which items/s of a worker or a job are averaged."""
 # -- error lines ---------------------------------------------------------------------------
 
-MAX_ERROR_LINE: Final = 300
+MAX_ERROR_LINE: Final = 500
 """Longest error line the command line prints (``taskfleet: error: …`` included): the
-*what* is shortened, the *what to do* kept."""
+*what* is cut in its middle, the *what to do* kept. Room for a job's first failure with
+its fix and where it happened (~320 characters), never a 5 KB echo of an item."""
 
 ERROR_VALUE_CHARS: Final = 60
 """Longest repr of a value quoted in a one-line error (an item refused at submit)."""

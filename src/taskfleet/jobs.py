@@ -394,9 +394,9 @@ def _undeclared(
         safepickle.loads(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL), allowed)
     except safepickle.UnsafePickle as exc:
         return exc, (
-            f"its result holds a {exc.name}, which job {name!r} does not declare: clients"
-            f" refuse it — declare it with @taskfleet.jobs.result_types"
-            f"({exc.name.rpartition(':')[2]}) on the job function"
+            f"its result holds a {exc.name}, which the job does not declare — declare it"
+            f" with @taskfleet.jobs.result_types({exc.name.rpartition(':')[2]}) on the job"
+            " function"
         )
     return None
 

@@ -165,8 +165,8 @@ class Relay:
                 return None
             rows, view = fetched
             bad = [
-                (seq, chunk, w, h, pickle.dumps([r + 1 for r in pickle.loads(blob)]), failed)
-                for seq, chunk, w, h, blob, failed in rows
+                (*row[:4], pickle.dumps([r + 1 for r in pickle.loads(row[4])]), *row[5:])
+                for row in rows
             ]
             return pickle.dumps(("#RETURN", (bad, view)))
         if self.mode == "exec" and self.markers is not None:
@@ -179,7 +179,7 @@ class Relay:
                 rows, view = fetched
                 blob = pickle.dumps([self._evil("result")])
                 self._forge("result", blob)
-                rows = [(s, c, w, h, blob, f) for s, c, w, h, _, f in rows]
+                rows = [(*row[:4], blob, *row[5:]) for row in rows]
                 return pickle.dumps(("#RETURN", (rows, view)))
             if "reply" in self.kinds and direction == "s2c" and _is_reply(msg):
                 return self._forge(
@@ -208,13 +208,13 @@ def _is_request(msg: Any) -> bool:
 
 def _fetch_rows(msg: Any) -> tuple[list[Any], Any] | None:
     """The rows of a ``fetch`` or ``fetch_ordered`` reply (result blobs), or None for any
-    other message. A row is ``(seq, chunk, worker, host, blob, failed)``."""
+    other message. A row is ``(seq, chunk, worker, host, blob, failed, items)``."""
     if not (isinstance(msg, tuple) and len(msg) == 2 and msg[0] == "#RETURN"):
         return None
     value = msg[1]
     if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list)):
         return None
     rows, view = value
-    if rows and all(isinstance(r, tuple) and len(r) == 6 and isinstance(r[4], bytes) for r in rows):
+    if rows and all(isinstance(r, tuple) and len(r) == 7 and isinstance(r[4], bytes) for r in rows):
         return rows, view
     return None

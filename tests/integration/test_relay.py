@@ -105,7 +105,7 @@ def test_on_plaintext_forged_code_is_refused_by_master_worker_and_client(
         "--connect-timeout",
         "3",
     )
-    assert r.returncode == 1 and "cannot reach the master" in r.stderr, r.stderr
+    assert r.returncode == 2 and "cannot reach the master" in r.stderr, r.stderr
     master.wait_for(
         r"refused 127\.0\.0\.1:\d+: its request names builtins:exec, which is not plain data"
     )

@@ -29,7 +29,7 @@ def test_a_job_returning_an_undeclared_type_fails_on_the_worker_with_the_fix(
         line.startswith("taskfleet: error: job ")
         and (
             " failed: taskfleet.safepickle.UnsafePickle: its result holds a decimal:Decimal,"
-            f" which job {job!r} does not declare: clients refuse it — declare it with"
+            " which the job does not declare — declare it with"
             " @taskfleet.jobs.result_types(Decimal) on the job function (item 0: 0; worker w1"
         )
         in line
