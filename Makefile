@@ -23,6 +23,7 @@ LAB_WORKERS ?= 3
 PURGE ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k lease -x").
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 # Extra arguments for ansible-playbook (e.g. ANSIBLE_ARGS="--check --diff").
 ANSIBLE_ARGS ?=
 
@@ -117,8 +118,8 @@ test-fast: venv ## Unit and integration, no Docker (= a bare pytest): the contri
 	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: venv ## Throughput benchmark: seed design vs taskfleet vs Pool.map, master memory, a streamed items file.
-	$(BIN)/python bench/throughput.py
+bench: venv ## Throughput benchmark: seed design vs taskfleet vs Pool.map, TLS, master memory, a streamed items file (BENCH_ARGS="--stream-mb 2000").
+	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 
 .PHONY: bench-deploy
 bench-deploy: images ## Deploy benchmark on the lab: fresh deploy and idempotent redeploy vs ansible ping.
