@@ -154,6 +154,11 @@ TLS_SNIFF_TIMEOUT: Final = 2.0
 once; a plaintext taskfleet peer sends nothing (it waits for the challenge), so
 after this it is told that the master requires TLS and is closed."""
 
+TLS_FILES_SETTLE: Final = 3.0
+"""Seconds a TLS key that does not match its certificate is read again before that is an
+error: ``make rotate-tls`` replaces a host's certificate and key one after the other, and
+a worker or client starting in between must get the pair, not an error."""
+
 MAX_UNAUTHENTICATED: Final = 128
 """Concurrent connections still in the handshake, from all sources; extra ones are
 closed at once."""

@@ -36,9 +36,11 @@ import re
 import ssl
 import stat
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Final
 
+from taskfleet import defaults
 from taskfleet.errors import TLSError, TLSRefused
 from taskfleet.protocol import TLSView
 
@@ -291,7 +293,7 @@ class TLSConfig:
                 f"TLS CA certificate {self.ca} cannot be loaded ({_reason(exc)})", _FIX_FILES
             ) from None
         try:
-            ctx.load_cert_chain(self.cert, self.key, password=_no_passphrase)
+            self._load_chain(ctx)
         except _PassphraseAsked:
             raise TLSError(
                 f"TLS key {self.key} is protected by a passphrase",
@@ -308,6 +310,20 @@ class TLSConfig:
                 "pass a PEM certificate and its PEM private key; " + _FIX_FILES,
             ) from None
         return ctx
+
+    def _load_chain(self, ctx: ssl.SSLContext) -> None:
+        """Load the certificate and its key. A key that does not match is read again for
+        ``defaults.TLS_FILES_SETTLE`` seconds first: a rotation replaces the two files one
+        after the other, and a process starting between the two must not fail."""
+        settle = time.monotonic() + defaults.TLS_FILES_SETTLE
+        while True:
+            try:
+                ctx.load_cert_chain(self.cert, self.key, password=_no_passphrase)
+                return
+            except ssl.SSLError as exc:
+                if "KEY_VALUES_MISMATCH" not in str(exc) or time.monotonic() >= settle:
+                    raise
+            time.sleep(0.2)
 
 
 def _reason(exc: ssl.SSLError) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Lab
-from tests.e2e.test_20_deploy import Run, playbook, sh
+from tests.e2e.test_20_deploy import TLS_ARGS, Run, playbook, sh
 from tests.e2e.test_30_fabric import cluster, deployed_per_host, inner, master_view
 from tests.waiting import wait_for
 
@@ -303,6 +303,7 @@ def test_the_dashboard_shows_every_worker_and_a_job_running_to_100_percent(
         *("docker", "exec", "taskfleet-master", "taskfleet", "submit", "squares"),
         *("--range", "4000000", "--chunk-size", "250", "--no-wait", "--json"),
         *("--master", address, "--authkey-file", "/run/secrets/taskfleet_authkey"),
+        *TLS_ARGS,  # the master's own certificate (the deploy's default: mutual TLS)
     )
     job_id = json.loads(submit.strip().splitlines()[-1])["job_id"]
 
@@ -405,7 +406,7 @@ def test_make_dashboard_prints_the_url_or_holds_a_tunnel_until_ctrl_c(healthy: L
 def test_status_inside_the_master_container_gives_the_verdict_exit_codes(healthy: Lab) -> None:
     want = expected_workers(healthy)
     base = ["docker", "exec", "taskfleet-master", "taskfleet", "status", "--json"]
-    base += ["--master", f"{healthy.hosts['master']}:{MANAGER_PORT}"]
+    base += [*TLS_ARGS, "--master", f"{healthy.hosts['master']}:{MANAGER_PORT}"]
     for expect, code in ((want, 0), (want + 1, 1)):
         result = subprocess.run(
             ["docker", "exec", healthy.container("master"), *base, "--expect-workers", str(expect)],

@@ -230,7 +230,7 @@ def test_the_deploy_runs_mutual_tls_by_default_with_files_in_their_places(deploy
 def test_a_peer_holding_the_authkey_but_no_certificate_is_refused(deployed: Lab) -> None:
     lab = deployed
     plain = one_off(lab, "worker1", "/etc/taskfleet/authkey", *status_args(lab))
-    assert plain.returncode == 1, plain
+    assert plain.returncode == 2, plain  # status: the master cannot be reached
     assert plain.stderr.strip() == (
         f"taskfleet: error: the master at {master_ip(lab)}:{PORT} requires TLS — pass --tls-ca,"
         ' --tls-cert and --tls-key (or a --profile with a "tls" section; make deploy writes them'
@@ -355,7 +355,7 @@ def test_the_control_nodes_profile_names_its_certificate_and_opens_the_master(
         )
     finally:
         bare.unlink()
-    assert refused.returncode == 1 and "requires TLS" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "requires TLS" in refused.stderr, refused.stderr
 
 
 def test_rotate_tls_under_a_running_job_reissues_every_certificate_and_loses_nothing(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from taskfleet import defaults
 from taskfleet.errors import TLSError
 from taskfleet.tls import TLSConfig, cert_info, pem_certificates
 from tests.tlscerts import CA
@@ -83,6 +86,24 @@ def test_a_key_that_belongs_to_another_certificate_is_refused(ca: CA) -> None:
         f"TLS key {two.key} does not belong to certificate {one.cert}"
         " — pass the key that was issued with the certificate"
     )
+
+
+def test_a_key_replaced_moments_after_its_certificate_is_read_again_not_refused(
+    ca: CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation writes the certificate, then the key: a process starting in between
+    waits for the pair (up to TLS_FILES_SETTLE) instead of failing."""
+    old, new = ca.issue("old"), ca.issue("new")
+    monkeypatch.setattr(defaults, "TLS_FILES_SETTLE", 5.0)
+    cert, key = new.cert, old.key  # the certificate is new, the key not yet
+    swap = threading.Timer(0.6, lambda: key.write_bytes(new.key.read_bytes()))
+    swap.start()
+    t0 = time.monotonic()
+    try:
+        TLSConfig(str(ca.path), str(cert), str(key)).context(server_side=False)
+    finally:
+        swap.join()
+    assert 0.5 <= time.monotonic() - t0 < 3.0
 
 
 def test_a_key_with_a_passphrase_is_refused_without_prompting(ca: CA) -> None:
