@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from taskfleet.ops.operations import fresh_workers, human_duration
+from taskfleet.ops.operations import containers_table, fresh_workers, human_duration
 from taskfleet.ops.ssh import PrefixWriter
 
 
@@ -148,3 +148,28 @@ def test_a_broken_inventory_is_reported_with_its_problems(tmp_path: Path) -> Non
         "  taskfleet_master: needs exactly one host, found 0",
         "  taskfleet_workers: needs at least one host, found 0",
     ]
+
+
+def test_status_tables_keep_container_names_whole_in_80_columns() -> None:
+    """A pipe (or a narrow terminal) gets 80 columns: the other columns wrap, the
+    container names stay whole (what an operator greps for)."""
+    from rich.console import Console
+
+    containers = [
+        {
+            "name": f"taskfleet-worker-{i}",
+            "role": "worker",
+            "state": "running",
+            "health": "healthy",
+            "restart_count": 0,
+            "tag": "0123456789ab",
+            "uptime_s": 3600.0,
+        }
+        for i in (1, 2, 10)
+    ]
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(containers_table("worker1 — 3 worker(s) running", containers))
+    text = console.export_text()
+    for i in (1, 2, 10):
+        assert f"taskfleet-worker-{i} " in text
+    assert max(len(line) for line in text.splitlines()) <= 80

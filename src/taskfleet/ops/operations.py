@@ -208,6 +208,33 @@ def _state(c: Mapping[str, Any]) -> str:
     return state if state == "running" else f"[red]{state}[/]"
 
 
+def containers_table(title: str, containers: Sequence[Mapping[str, Any]]) -> Table:
+    """One host's containers for ``make status``."""
+    table = Table(title=title, title_justify="left")
+    # Container names whole, however narrow the terminal (or a pipe's 80 columns):
+    # the other columns wrap first.
+    longest = max((len(c["name"]) for c in containers), default=9)
+    table.add_column("CONTAINER", no_wrap=True, min_width=longest)
+    for column in ("ROLE", "STATE", "HEALTH", "RESTARTS", "IMAGE TAG", "UPTIME"):
+        table.add_column(column)
+    for c in containers:
+        health = c["health"]
+        colour = {"healthy": "green", "unhealthy": "red", "starting": "yellow"}.get(health)
+        restarts = c.get("restart_count", 0)
+        table.add_row(
+            c["name"],
+            c["role"],
+            _state(c),
+            f"[{colour}]{health}[/]" if colour else health,
+            f"[yellow]{restarts}[/]" if restarts else "0",
+            c["tag"],
+            human_duration(c["uptime_s"]),
+        )
+    if not containers:
+        table.add_row("(no taskfleet containers)", "", "", "", "", "", "")
+    return table
+
+
 def status(inv: Inventory, as_json: bool = False) -> int:
     """Print per-host container tables, the master's view and the verdict.
 
@@ -227,25 +254,7 @@ def status(inv: Inventory, as_json: bool = False) -> int:
         if not h["ok"]:
             out.print(f"[bold]{title.split(' — ')[0]}[/]: [red]{h['error']}[/]")
             continue
-        table = Table(title=title, title_justify="left")
-        for column in ("CONTAINER", "ROLE", "STATE", "HEALTH", "RESTARTS", "IMAGE TAG", "UPTIME"):
-            table.add_column(column)
-        for c in h["containers"]:
-            health = c["health"]
-            colour = {"healthy": "green", "unhealthy": "red", "starting": "yellow"}.get(health)
-            restarts = c.get("restart_count", 0)
-            table.add_row(
-                c["name"],
-                c["role"],
-                _state(c),
-                f"[{colour}]{health}[/]" if colour else health,
-                f"[yellow]{restarts}[/]" if restarts else "0",
-                c["tag"],
-                human_duration(c["uptime_s"]),
-            )
-        if not h["containers"]:
-            table.add_row("(no taskfleet containers)", "", "", "", "", "", "")
-        out.print(table)
+        out.print(containers_table(title, h["containers"]))
     master = doc["master"]
     if master is None:
         out.print(f"[bold]master's view[/]: [red]{doc['master_error']}[/]")
