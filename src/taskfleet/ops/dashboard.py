@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from taskfleet import defaults
@@ -23,6 +24,9 @@ from taskfleet.ops.inventory import Inventory
 from taskfleet.ops.ssh import connect, explain
 
 PROBE_TIMEOUT = 3.0
+TUNNEL_READY_TIMEOUT = 10.0
+"""Seconds the tunnel gets to answer: Fabric's forwarder binds its local port in a
+thread of its own, so the first probes may find nothing listening yet."""
 
 
 def http_port(inv: Inventory) -> int:
@@ -39,6 +43,19 @@ def answers(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
         return False
     finally:
         conn.close()
+
+
+def answers_within(host: str, port: int, seconds: float) -> bool:
+    """Whether ``/healthz`` answers there before ``seconds`` pass, probing again while
+    the port refuses (a listener that is still starting)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if answers(host, port, timeout=left):  # a refusal returns at once
+            return True
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 def free_local_port() -> int:
@@ -68,7 +85,7 @@ def dashboard(
     local = free_local_port()
     try:
         with conn.forward_local(local, remote_port=port, remote_host=host, local_host="127.0.0.1"):
-            if not answers("127.0.0.1", local, timeout=10):
+            if not answers_within("127.0.0.1", local, TUNNEL_READY_TIMEOUT):
                 raise OpsError(
                     f"the master's HTTP server does not answer at {url}, not even through SSH"
                     f" to {inv.master.name}",
