@@ -102,7 +102,7 @@ lint: venv ## The lint tier: ruff check, ruff format --check, mypy (strict), ans
 	$(BIN)/pytest tests/lint --run-lint $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup-host venv ## Every tier, one pytest run each: unit, integration, lint, containers, e2e (~20 min).
+test: setup-host venv ## Every tier, one pytest run each: unit, integration, lint, containers, e2e (~30 min).
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 	$(BIN)/pytest tests/lint --run-lint $(PYTEST_ARGS)
